@@ -1,0 +1,62 @@
+"""``python -m medistill <command>``: one small module per command.
+
+Each command module has ``add_arguments(parser)`` and ``run(args) -> int``; heavy
+imports (TensorFlow) happen inside ``run`` so that ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from medistill import __version__
+from medistill.errors import MedistillError
+
+COMMANDS = {
+    "phantoms": ("medistill.cli.phantoms", "write synthetic MRI-like images with lesion masks"),
+    "sources": ("medistill.cli.sources", "export an installed real data set (MNI152, Colin27, nuclei, cells3d)"),
+    "train": ("medistill.cli.train", "train a supervised student on images and masks"),
+    "evaluate": ("medistill.cli.evaluate", "predict with a trained model and compute metrics (= predict_eval.py)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medistill", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"medistill {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, summary) in COMMANDS.items():
+        command = sub.add_parser(name, help=summary, description=summary)
+        importlib.import_module(module).add_arguments(command)
+    return parser
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logger = logging.getLogger("medistill")
+    if not any(getattr(h, "_medistill_console", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        handler._medistill_console = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False  # libraries that configure the root logger would print twice
+
+
+def run_command(module: str, args: argparse.Namespace) -> int:
+    """Run one command; a :class:`MedistillError` becomes a message and exit status 2."""
+    try:
+        return int(importlib.import_module(module).run(args) or 0)
+    except MedistillError as error:
+        print(f"medistill: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medistill: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    return run_command(COMMANDS[args.command][0], args)

@@ -1,0 +1,7 @@
+"""``python -m medistill``."""
+
+import sys
+
+from medistill.cli import main
+
+sys.exit(main())

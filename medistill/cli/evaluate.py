@@ -1,0 +1,33 @@
+"""``medistill evaluate`` (and ``predict_eval.py``): predictions, metrics, pictures."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image_dir", "--image-dir", required=True, help="folder of images to segment")
+    parser.add_argument("--model_path", "--model-path", required=True,
+                        help="run folder, model.keras or saved_model/ folder")
+    parser.add_argument("--mask_dir", "--mask-dir", help="ground-truth masks (same stems); without it, predict only")
+    parser.add_argument("--vis_dir", "--vis-dir", help="folder for overlays, the Dice plot and (by default) outputs")
+    parser.add_argument("--out", help="per-image metrics CSV (a JSON summary is written beside it)")
+    parser.add_argument("--pred_dir", "--pred-dir", help="folder for predicted masks (default VIS_DIR/predictions)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="on probabilities, binary models (default 0.5)")
+    parser.add_argument("--num_vis", "--num-vis", type=int, default=20, help="how many overlay panels")
+    parser.add_argument("--mask-suffix", default="", help="mask stem = image stem + this (e.g. _mask)")
+    parser.add_argument("--mask-mode", default="auto", choices=("auto", "binary", "labels"))
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable or mismatched files with a warning")
+
+
+def run(args: argparse.Namespace) -> int:
+    from medistill.evaluate.predict_eval import EvalConfig, predict_and_evaluate
+
+    predict_and_evaluate(EvalConfig(
+        image_dir=args.image_dir, model_path=args.model_path, mask_dir=args.mask_dir,
+        vis_dir=args.vis_dir, out=args.out, pred_dir=args.pred_dir, threshold=args.threshold,
+        num_vis=args.num_vis, mask_suffix=args.mask_suffix, mask_mode=args.mask_mode,
+        batch=args.batch, skip_bad=args.skip_bad,
+    ))
+    return 0

@@ -1,0 +1,79 @@
+"""Choosing a ``tf.distribute`` strategy from the devices present.
+
+One code path serves one CPU, one GPU, several GPUs (``MirroredStrategy``) and several
+machines (``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names more than one
+worker). ``cpu_replicas`` splits the CPU into logical devices so that multi-replica code
+can be exercised without GPUs; it must run before TensorFlow touches a device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from medistill.errors import MedistillError
+
+
+def configure_cpu_replicas(replicas: int) -> None:
+    """Split the CPU into ``replicas`` logical devices (call before any TF op runs)."""
+    if replicas <= 1:
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)]
+        )
+    except RuntimeError as error:
+        raise MedistillError(
+            f"cannot split the CPU into {replicas} devices: TensorFlow is already "
+            "initialised (choose the strategy before building any model)"
+        ) from error
+
+
+def worker_count() -> int:
+    """Number of workers named by ``TF_CONFIG`` (1 when it is absent)."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return 1
+    try:
+        cluster = json.loads(raw).get("cluster", {})
+    except json.JSONDecodeError as error:
+        raise MedistillError(f"TF_CONFIG is not valid JSON: {error}") from error
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
+def choose_strategy(cpu_replicas: int = 1) -> tf.distribute.Strategy:
+    """Multi-worker if ``TF_CONFIG`` says so, else mirrored over local GPUs or CPUs."""
+    configure_cpu_replicas(cpu_replicas)
+    if worker_count() > 1:
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.RING
+        )
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy([d.name for d in gpus])
+    if len(gpus) == 1:
+        return tf.distribute.OneDeviceStrategy(gpus[0].name)
+    cpus = tf.config.list_logical_devices("CPU")
+    if len(cpus) > 1:
+        return tf.distribute.MirroredStrategy([d.name for d in cpus])
+    return tf.distribute.OneDeviceStrategy(cpus[0].name)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True on the worker that writes the run folder."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def describe(strategy: tf.distribute.Strategy) -> str:
+    """A one-line description for logs."""
+    return f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)"

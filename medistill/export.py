@@ -1,0 +1,168 @@
+"""Writing a trained model with its preprocessing, and loading it back to predict.
+
+A run folder holds ``model.keras``, ``saved_model/`` (TF SavedModel, ``serve``
+endpoint) and ``preprocessing.json`` (the model card: preprocessing, classes,
+activation). The SavedModel keeps a copy of the card in its ``assets/`` folder so that
+it can be moved on its own.
+
+Example::
+
+    predictor = load_predictor("runs/supervised")     # or model.keras / saved_model/
+    prob = predictor.predict(image)                    # (H, W) or (H, W, K), original size
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from medistill.data.preprocess import Geometry, PreprocessConfig, preprocess_image, restore
+from medistill.errors import CheckpointError
+from medistill.fileio import atomic_path, write_json_atomic
+
+log = logging.getLogger("medistill.export")
+
+CARD_NAME = "preprocessing.json"
+ASSET_CARD_NAME = "medistill_preprocessing.json"
+
+
+@dataclass
+class ModelCard:
+    """How to feed a model and read its output."""
+
+    preprocess: PreprocessConfig
+    num_classes: int
+    class_names: list[str] | None = None
+
+    @property
+    def activation(self) -> str:
+        return "sigmoid" if self.num_classes == 2 else "softmax"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "preprocess": self.preprocess.to_dict(),
+            "num_classes": self.num_classes,
+            "activation": self.activation,
+            "class_names": self.class_names or default_class_names(self.num_classes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        return cls(PreprocessConfig.from_dict(data["preprocess"]), int(data["num_classes"]),
+                   data.get("class_names"))
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    return ["background"] + [f"class_{k}" for k in range(1, num_classes)]
+
+
+def save_model_artifacts(model: keras.Model, run_dir: str | Path, card: ModelCard) -> None:
+    """Write ``model.keras``, ``saved_model/`` and ``preprocessing.json`` atomically."""
+    run_dir = Path(run_dir)
+    write_json_atomic(run_dir / CARD_NAME, card.to_dict())
+    with atomic_path(run_dir / "model.keras") as tmp:
+        model.save(str(tmp))
+    with atomic_path(run_dir / "saved_model", suffix="") as tmp:
+        size, channels = card.preprocess.size, card.preprocess.channels
+        # A fixed spatial size: preprocessing always yields it, and Keras' bilinear
+        # up-sampling cannot be traced with unknown spatial dimensions.
+        signature = [tf.TensorSpec((None, size, size, channels), tf.float32, name="image")]
+        model.export(str(tmp), format="tf_saved_model", verbose=False, input_signature=signature)
+        write_json_atomic(tmp / "assets" / ASSET_CARD_NAME, card.to_dict())
+
+
+def _find_card(path: Path) -> Path:
+    candidates = [
+        path / CARD_NAME,
+        path / "assets" / ASSET_CARD_NAME,
+        path.parent / CARD_NAME,
+        path / "saved_model" / "assets" / ASSET_CARD_NAME,
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(
+        f"no {CARD_NAME} found for {path}: medistill needs the preprocessing the model was "
+        f"trained with. Pass a run folder, or keep {CARD_NAME} beside the .keras file."
+    )
+
+
+class Predictor:
+    """A model plus its recorded preprocessing; predicts at the original resolution."""
+
+    def __init__(self, forward, card: ModelCard, source: Path) -> None:
+        self._forward = forward
+        self.card = card
+        self.source = source
+
+    def predict_logits(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._forward(tf.constant(batch, tf.float32)))
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Logits ``(..., C)`` → probabilities: ``(...)`` sigmoid or ``(..., K)`` softmax."""
+        if self.card.activation == "sigmoid":
+            return 1.0 / (1.0 + np.exp(-logits[..., 0]))
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities for one raw image ``(H, W, C)`` at its original size."""
+        x, geometry = preprocess_image(image, self.card.preprocess)
+        return self.predict_batch([x], [geometry])[0]
+
+    def predict_batch(self, xs: list[np.ndarray], geometries: list[Geometry]) -> list[np.ndarray]:
+        probs = self.probabilities(self.predict_logits(np.stack(xs)))
+        return [restore(p, g) for p, g in zip(probs, geometries)]
+
+    def labels(self, prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+        """Hard labels: probability > threshold (binary) or the arg-max class."""
+        if prob.ndim == 2:
+            return (prob > threshold).astype(np.int32)
+        return np.argmax(prob, axis=-1).astype(np.int32)
+
+
+def load_predictor(path: str | Path) -> Predictor:
+    """Load a run folder, a ``.keras`` file or a SavedModel folder for prediction."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"model not found: {path} (give a run folder, a .keras file or a SavedModel folder)")
+    card_path = _find_card(path)
+    try:
+        card = ModelCard.from_dict(json.loads(card_path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{card_path} is damaged ({error}); re-export the model") from error
+    if path.is_dir() and (path / "model.keras").is_file():
+        return Predictor(_load_keras(path / "model.keras"), card, path)
+    if path.is_dir() and (path / "saved_model.pb").is_file():
+        return Predictor(_load_saved_model(path), card, path)
+    if path.suffix == ".keras":
+        return Predictor(_load_keras(path), card, path)
+    raise CheckpointError(f"{path} is neither a run folder, a .keras file nor a SavedModel folder")
+
+
+def _load_keras(path: Path):
+    import medistill.networks  # noqa: F401  (registers the custom layers)
+
+    try:
+        model = keras.saving.load_model(str(path), compile=False)
+    except Exception as error:  # Keras raises many types for a damaged archive
+        raise CheckpointError(f"cannot load {path}: {error}. The file is damaged or not a Keras model; "
+                              "re-export it from its run folder.") from error
+    return lambda x: model(x, training=False)
+
+
+def _load_saved_model(path: Path):
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as error:
+        raise CheckpointError(f"cannot load SavedModel {path}: {error}") from error
+    if not hasattr(loaded, "serve"):
+        raise CheckpointError(f"SavedModel {path} has no 'serve' endpoint; export it with medistill")
+    return loaded.serve

@@ -1,0 +1,84 @@
+"""The one configuration object of a supervised training run, saved as ``config.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from medistill.errors import MedistillError
+
+# Fields that may change between a run and its resumption without making the saved
+# checkpoint meaningless (the run is longer, more patient, or runs on other devices).
+RESUMABLE_CHANGES = {"epochs", "patience", "cpu_replicas", "out", "overwrite", "steps_per_epoch"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything needed to rerun ``medistill train``."""
+
+    data: str
+    out: str
+    student: str = "unet"
+    student_options: dict[str, Any] = field(default_factory=dict)
+    img_size: int = 128
+    channels: int = 1
+    normalisation: str = "minmax"
+    clip_percentiles: list[float] | None = None
+    mask_suffix: str = ""
+    mask_mode: str = "auto"
+    num_classes: int | None = None
+    epochs: int = 30
+    batch: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    val_fraction: float = 0.2
+    patience: int = 10
+    augment: bool = True
+    seed: int = 0
+    steps_per_epoch: int | None = None
+    skip_bad: bool = False
+    cpu_replicas: int = 1
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.img_size >= 16 and self.img_size % 16 == 0, "--img-size must be a multiple of 16 (at least 16)"),
+            (self.channels in (1, 3), "--channels must be 1 or 3"),
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.batch >= 1, "--batch must be at least 1"),
+            (self.lr > 0, "--lr must be positive"),
+            (0.0 <= self.val_fraction < 1.0, "--val-fraction must be in [0, 1)"),
+            (self.optimizer in ("adam", "adamw"), "--optimizer must be adam or adamw"),
+            (self.schedule in ("cosine", "constant"), "--schedule must be cosine or constant"),
+            (self.num_classes is None or self.num_classes >= 2, "--num-classes counts background: at least 2"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise MedistillError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise MedistillError(f"unknown training settings in config: {sorted(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as error:
+            raise MedistillError(f"cannot read training config {path}: {error}") from error
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """Settings that differ from ``other`` and forbid resuming its checkpoint."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs[k]]

@@ -1,0 +1,27 @@
+"""The examples in the docstrings run and print what they say."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "medistill.networks",
+    "medistill.networks.blocks",
+    "medistill.networks.features",
+    "medistill.networks.lcovnet",
+    "medistill.networks.registry",
+    "medistill.networks.summary",
+    "medistill.networks.unet",
+    "medistill.networks.unetpp",
+]
+
+
+@pytest.mark.parametrize("module_name", MODULES)
+def test_docstring_examples(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0

@@ -1,0 +1,178 @@
+"""phantoms → train → predict_eval, the resume after kill -9, and two replicas."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def medistill(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "medistill", *args], capture_output=True, text=True,
+                            cwd=ROOT, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"medistill {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("phantoms")
+    medistill("phantoms", "--out", str(root / "train"), "--n", "64", "--size", "64", "--seed", "0")
+    medistill("phantoms", "--out", str(root / "test"), "--n", "16", "--size", "64", "--seed", "1")
+    return {"train": root / "train", "test": root / "test"}
+
+
+TRAIN_ARGS = ["--student", "unet", "--student-options", '{"base_filters": 8}', "--img-size", "64",
+              "--batch", "8", "--lr", "3e-3", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(phantoms, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "unet"
+    medistill("train", "--data", str(phantoms["train"]), "--out", str(run), "--epochs", "12", *TRAIN_ARGS)
+    return run
+
+
+def test_train_writes_a_complete_run_folder(trained_run):
+    for name in ("config.json", "preprocessing.json", "model.keras", "saved_model/saved_model.pb",
+                 "history.csv", "curves.png", "train.log", "summary.json", "best.weights.h5"):
+        assert (trained_run / name).exists(), name
+    history = pd.read_csv(trained_run / "history.csv")
+    assert {"epoch", "loss", "val_loss", "val_dice", "lr"} <= set(history.columns)
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+    card = json.loads((trained_run / "preprocessing.json").read_text())
+    assert card["num_classes"] == 2 and card["activation"] == "sigmoid"
+    assert card["preprocess"]["size"] == 64
+    assert any((trained_run / "tensorboard").iterdir())
+
+
+def test_predict_eval_beats_chance(trained_run, phantoms, tmp_path):
+    vis = tmp_path / "vis"
+    result = subprocess.run(
+        [sys.executable, "predict_eval.py", "--image_dir", str(phantoms["test"] / "images"),
+         "--mask_dir", str(phantoms["test"] / "masks"), "--model_path", str(trained_run),
+         "--vis_dir", str(vis), "--num_vis", "3"],
+        capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "dice" in result.stdout
+    table = pd.read_csv(vis / "metrics.csv")
+    assert len(table) == 16
+    assert {"image", "case", "dice", "iou", "hd95", "assd", "sensitivity", "specificity", "precision"} <= set(table.columns)
+    summary = json.loads((vis / "metrics.json").read_text())["summary"]
+    assert summary
+    # Chance: a mask with the right foreground fraction placed at random scores about
+    # that fraction; lesions cover a few per cent of a phantom.
+    normal = table[table["case"] == "normal"]
+    assert len(normal) >= 4
+    assert normal["dice"].mean() > 0.3, table
+    assert len(list((vis / "predictions").glob("*.png"))) == 16
+    assert (vis / "dice_distribution.png").exists()
+    assert len([p for p in vis.glob("*.png") if p.name != "dice_distribution.png"]) == 3
+
+
+def test_saved_model_and_keras_file_predict_the_same(trained_run, phantoms):
+    from medistill.data import load_sample, pair_folder
+    from medistill.export import load_predictor
+
+    sample = pair_folder(phantoms["test"] / "images", phantoms["test"] / "masks")[0]
+    image, _ = load_sample(sample)
+    from_run = load_predictor(trained_run).predict(image)
+    from_keras = load_predictor(trained_run / "model.keras").predict(image)
+    from_saved = load_predictor(trained_run / "saved_model").predict(image)
+    assert from_run.shape == image.shape[:2]
+    np.testing.assert_allclose(from_keras, from_saved, atol=1e-5)
+    np.testing.assert_allclose(from_run, from_keras, atol=1e-6)
+
+
+def test_predict_only_writes_masks(trained_run, phantoms, tmp_path):
+    result = medistill("evaluate", "--image_dir", str(phantoms["test"] / "images"),
+                       "--model_path", str(trained_run / "saved_model"), "--pred_dir", str(tmp_path / "pred"),
+                       "--vis_dir", str(tmp_path / "vis"), "--num_vis", "0")
+    masks = sorted((tmp_path / "pred").glob("*.png"))
+    assert len(masks) == 16
+    assert not (tmp_path / "vis" / "metrics.csv").exists()
+    assert "per-image metrics" not in result.stdout
+
+
+def _wait_for_epochs(run: Path, epochs: int, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        history = run / "history.csv"
+        if history.exists() and len(pd.read_csv(history)) >= epochs:
+            return
+        if process.poll() is not None:
+            raise AssertionError("training ended before it could be killed")
+        time.sleep(0.2)
+    raise AssertionError("training did not reach the kill point in time")
+
+
+def test_resume_after_kill_keeps_finished_epochs(phantoms, tmp_path):
+    run = tmp_path / "resumed"
+    args = [sys.executable, "-m", "medistill", "train", "--data", str(phantoms["train"]), "--out", str(run),
+            "--epochs", "5", "--no-augment", *TRAIN_ARGS]
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        _wait_for_epochs(run, 2, process)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    before = pd.read_csv(run / "history.csv")
+    done = len(before)
+    assert done < 5
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"{done} epoch(s) already done" in result.stderr
+    after = pd.read_csv(run / "history.csv")
+    assert after["epoch"].tolist() == [1, 2, 3, 4, 5]
+    pd.testing.assert_frame_equal(after.iloc[:done].reset_index(drop=True), before)
+    assert (run / "model.keras").exists()
+
+
+def test_rerunning_a_finished_run_changes_nothing(trained_run, phantoms):
+    before = (trained_run / "history.csv").read_text()
+    result = medistill("train", "--data", str(phantoms["train"]), "--out", str(trained_run),
+                       "--epochs", "12", *TRAIN_ARGS)
+    assert "already complete" in result.stderr
+    assert (trained_run / "history.csv").read_text() == before
+
+
+def test_other_settings_in_the_same_folder_are_refused(trained_run, phantoms):
+    result = medistill("train", "--data", str(phantoms["train"]), "--out", str(trained_run),
+                       "--epochs", "12", *TRAIN_ARGS[:-2], "--seed", "5", check=False)
+    assert result.returncode == 2
+    assert "seed" in result.stderr and "--overwrite" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_two_cpu_replicas_train_and_export(phantoms, tmp_path):
+    run = tmp_path / "mirrored"
+    result = medistill("train", "--data", str(phantoms["train"]), "--out", str(run), "--epochs", "1",
+                       "--cpu-replicas", "2", *TRAIN_ARGS)
+    assert "MirroredStrategy with 2 replica(s)" in result.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["replicas"] == 2
+    assert (run / "saved_model" / "saved_model.pb").exists()
+
+
+def test_bad_data_folder_gives_a_clear_error(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"not a png")
+    result = medistill("train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), check=False)
+    assert result.returncode == 2
+    assert "a.png" in result.stderr
+    assert "Traceback" not in result.stderr
