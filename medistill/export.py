@@ -165,4 +165,8 @@ def _load_saved_model(path: Path):
         raise CheckpointError(f"cannot load SavedModel {path}: {error}") from error
     if not hasattr(loaded, "serve"):
         raise CheckpointError(f"SavedModel {path} has no 'serve' endpoint; export it with medistill")
-    return loaded.serve
+
+    def serve(x):
+        return loaded.serve(x)  # the closure keeps `loaded`, and so its variables, alive
+
+    return serve

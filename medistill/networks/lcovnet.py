@@ -30,6 +30,7 @@ from typing import Any
 import keras
 
 from medistill.networks.blocks import (
+    BN_MOMENTUM,
     BilinearUpsample,
     ConvBNAct,
     UpsampleConcat,
@@ -64,7 +65,7 @@ class _LACB(keras.layers.Layer):
         self.gate_conv = keras.layers.Conv2D(
             self.filters, 1, use_bias=False, dtype=policy, name="gate_conv"
         )
-        self.gate_norm = keras.layers.BatchNormalization(dtype=policy, name="gate_norm")
+        self.gate_norm = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, dtype=policy, name="gate_norm")
         if self.pooled_attention:
             self.gate_pool = keras.layers.AveragePooling2D(
                 4, strides=2, padding="same", dtype=policy, name="gate_pool"

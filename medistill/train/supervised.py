@@ -106,6 +106,7 @@ def train_supervised(config: TrainConfig) -> Path:
                                  shuffle=False, augment=None, seed=config.seed,
                                  mask_mode=config.mask_mode) if val else None)
         outputs = 1 if num_classes == 2 else num_classes
+        keras.utils.set_random_seed(config.seed)  # same seed, same initial weights
         with strategy.scope():
             model = build_student(config.student, in_channels=config.channels, num_classes=outputs,
                                   **config.student_options)

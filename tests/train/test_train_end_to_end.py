@@ -35,14 +35,14 @@ def phantoms(tmp_path_factory) -> dict[str, Path]:
     return {"train": root / "train", "test": root / "test"}
 
 
-TRAIN_ARGS = ["--student", "unet", "--student-options", '{"base_filters": 8}', "--img-size", "64",
-              "--batch", "8", "--lr", "3e-3", "--seed", "0"]
+TRAIN_ARGS = ["--student", "unet", "--student-options", '{"base_filters": 16}', "--img-size", "64",
+              "--batch", "8", "--lr", "3e-3", "--no-augment", "--seed", "0"]
 
 
 @pytest.fixture(scope="module")
 def trained_run(phantoms, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "unet"
-    medistill("train", "--data", str(phantoms["train"]), "--out", str(run), "--epochs", "12", *TRAIN_ARGS)
+    medistill("train", "--data", str(phantoms["train"]), "--out", str(run), "--epochs", "25", *TRAIN_ARGS)
     return run
 
 
@@ -122,7 +122,7 @@ def _wait_for_epochs(run: Path, epochs: int, process: subprocess.Popen, timeout:
 def test_resume_after_kill_keeps_finished_epochs(phantoms, tmp_path):
     run = tmp_path / "resumed"
     args = [sys.executable, "-m", "medistill", "train", "--data", str(phantoms["train"]), "--out", str(run),
-            "--epochs", "5", "--no-augment", *TRAIN_ARGS]
+            "--epochs", "5", *TRAIN_ARGS]
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     try:
@@ -145,14 +145,14 @@ def test_resume_after_kill_keeps_finished_epochs(phantoms, tmp_path):
 def test_rerunning_a_finished_run_changes_nothing(trained_run, phantoms):
     before = (trained_run / "history.csv").read_text()
     result = medistill("train", "--data", str(phantoms["train"]), "--out", str(trained_run),
-                       "--epochs", "12", *TRAIN_ARGS)
+                       "--epochs", "25", *TRAIN_ARGS)
     assert "already complete" in result.stderr
     assert (trained_run / "history.csv").read_text() == before
 
 
 def test_other_settings_in_the_same_folder_are_refused(trained_run, phantoms):
     result = medistill("train", "--data", str(phantoms["train"]), "--out", str(trained_run),
-                       "--epochs", "12", *TRAIN_ARGS[:-2], "--seed", "5", check=False)
+                       "--epochs", "25", *TRAIN_ARGS[:-2], "--seed", "5", check=False)
     assert result.returncode == 2
     assert "seed" in result.stderr and "--overwrite" in result.stderr
     assert "Traceback" not in result.stderr
@@ -169,8 +169,13 @@ def test_two_cpu_replicas_train_and_export(phantoms, tmp_path):
 
 
 def test_bad_data_folder_gives_a_clear_error(tmp_path):
+    import cv2
+
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
+    for stem in ("a", "b"):
+        cv2.imwrite(str(tmp_path / "masks" / f"{stem}.png"), np.zeros((16, 16), np.uint8))
+    cv2.imwrite(str(tmp_path / "images" / "b.png"), np.zeros((16, 16), np.uint8))
     (tmp_path / "images" / "a.png").write_bytes(b"not a png")
     result = medistill("train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), check=False)
     assert result.returncode == 2
