@@ -32,8 +32,18 @@ venv:
 	  echo "$(REQ_HASH)" > $(STAMP); \
 	else echo "==> $(VENV) is up to date"; fi
 
+# The demo until the unsupervised pipeline lands: phantoms -> supervised student ->
+# predict_eval on held-out phantoms. Run again, it reuses what is already done.
+DEMO_TRAIN := $(DEMO_OUT)/data/train
+DEMO_TEST := $(DEMO_OUT)/data/test
 demo: venv
-	$(PY) -m medistill demo --out $(DEMO_OUT)
+	$(PY) -m medistill phantoms --out $(DEMO_TRAIN) --n 200 --size 128 --seed 0 --overwrite
+	$(PY) -m medistill phantoms --out $(DEMO_TEST) --n 50 --size 128 --seed 1 --overwrite
+	$(PY) -m medistill train --data $(DEMO_TRAIN) --out $(DEMO_OUT)/supervised --student unet \
+	  --student-options '{"base_filters": 16}' --img-size 128 --epochs 25 --batch 8 --lr 3e-3
+	$(PY) predict_eval.py --image_dir $(DEMO_TEST)/images --mask_dir $(DEMO_TEST)/masks \
+	  --model_path $(DEMO_OUT)/supervised --vis_dir $(DEMO_OUT)/eval
+	@echo "==> demo outputs: $(DEMO_OUT)/supervised (model, curves.png) and $(DEMO_OUT)/eval (metrics, overlays)"
 
 test: venv
 	$(PY) -m pytest

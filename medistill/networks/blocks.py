@@ -343,3 +343,23 @@ def attach_heads(
     ]
     heads.append(keras.layers.Identity(name=f"aux{len(heads) + 1}")(main))
     return AnchorAuxiliary(name="logits")([main, *heads])
+
+
+def decoder_model(
+    inputs: keras.KerasTensor,
+    decoded: Sequence[keras.KerasTensor],
+    num_classes: int,
+    deep_supervision: bool,
+    name: str,
+) -> keras.Model:
+    """Close a U-shaped decoder: ``penultimate``, the logit head, optional aux heads.
+
+    ``decoded`` holds the decoder stage outputs, coarsest first, each twice the
+    resolution of the one before; the last is at input resolution.
+    """
+    penultimate = keras.layers.Identity(name="penultimate")(decoded[-1])
+    depth = len(decoded)
+    auxiliary = None
+    if deep_supervision:
+        auxiliary = [(decoded[stage - 1], 2 ** (depth - stage)) for stage in range(1, depth)]
+    return keras.Model(inputs, attach_heads(penultimate, num_classes, auxiliary), name=name)

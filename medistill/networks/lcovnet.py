@@ -34,7 +34,7 @@ from medistill.networks.blocks import (
     BilinearUpsample,
     ConvBNAct,
     UpsampleConcat,
-    attach_heads,
+    decoder_model,
     check_channels,
 )
 
@@ -194,9 +194,4 @@ def build_lcovnet(
         x = LACBHigh(channels[level], dropout, name=f"dec{stage}")(x)
         decoded.append(x)
 
-    penultimate = keras.layers.Identity(name="penultimate")(x)
-    auxiliary = None
-    if deep_supervision:
-        auxiliary = [(decoded[stage - 1], 2 ** (depth - stage)) for stage in range(1, depth)]
-    logits = attach_heads(penultimate, num_classes, auxiliary)
-    return keras.Model(inputs, logits, name=name)
+    return decoder_model(inputs, decoded, num_classes, deep_supervision, name)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import keras
 
-from medistill.networks.blocks import DoubleConv, UpsampleConcat, attach_heads, check_channels
+from medistill.networks.blocks import DoubleConv, UpsampleConcat, check_channels, decoder_model
 
 
 def build_unet(
@@ -75,9 +75,4 @@ def build_unet(
         x = DoubleConv(filters[level], dropout, name=f"dec{stage}")(x)
         decoded.append(x)
 
-    penultimate = keras.layers.Identity(name="penultimate")(x)
-    auxiliary = None
-    if deep_supervision:
-        auxiliary = [(decoded[stage - 1], 2 ** (depth - stage)) for stage in range(1, depth)]
-    logits = attach_heads(penultimate, num_classes, auxiliary)
-    return keras.Model(inputs, logits, name=name)
+    return decoder_model(inputs, decoded, num_classes, deep_supervision, name)
