@@ -40,7 +40,7 @@ demo: venv
 	$(PY) -m medistill phantoms --out $(DEMO_TRAIN) --n 200 --size 128 --seed 0 --overwrite
 	$(PY) -m medistill phantoms --out $(DEMO_TEST) --n 50 --size 128 --seed 1 --overwrite
 	$(PY) -m medistill train --data $(DEMO_TRAIN) --out $(DEMO_OUT)/supervised --student unet \
-	  --student-options '{"base_filters": 16}' --img-size 128 --epochs 25 --batch 8 --lr 3e-3
+	  --student-options '{"base_filters": 16}' --img-size 128 --epochs 20 --batch 8 --lr 3e-3
 	$(PY) predict_eval.py --image_dir $(DEMO_TEST)/images --mask_dir $(DEMO_TEST)/masks \
 	  --model_path $(DEMO_OUT)/supervised --vis_dir $(DEMO_OUT)/eval
 	@echo "==> demo outputs: $(DEMO_OUT)/supervised (model, curves.png) and $(DEMO_OUT)/eval (metrics, overlays)"

@@ -155,7 +155,7 @@ def _load_keras(path: Path):
     except Exception as error:  # Keras raises many types for a damaged archive
         raise CheckpointError(f"cannot load {path}: {error}. The file is damaged or not a Keras model; "
                               "re-export it from its run folder.") from error
-    return lambda x: model(x, training=False)
+    return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
 
 def _load_saved_model(path: Path):
