@@ -155,8 +155,8 @@ class TrainingLoop:
 
     def _train_epoch(self, dataset: tf.data.Dataset, epoch: int) -> dict:
         steps = self.settings.steps_per_epoch
-        cardinality = int(dataset.cardinality().numpy())
-        total = min(steps, cardinality) if steps and cardinality > 0 else (steps or max(cardinality, 0) or None)
+        cardinality = int(dataset.cardinality().numpy())  # negative when unknown or infinite
+        total = min((n for n in (steps, cardinality) if n and n > 0), default=None)
         distributed = self.strategy.experimental_distribute_dataset(dataset)
         sums: dict[str, float] = {}
         count = 0
