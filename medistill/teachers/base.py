@@ -1,0 +1,150 @@
+"""The teacher contract: an image and its boxes in, per-box soft masks out.
+
+A teacher is a frozen model prompted with boxes. :meth:`Teacher.predict` takes one raw
+image (any size, grey ``(H, W)`` / ``(H, W, 1)`` or RGB ``(H, W, 3)``, raw intensities)
+and its boxes ``(N, 4)`` xyxy in original pixels (pixel-edge convention of
+:mod:`medistill.boxes.boxes_file`: a box around columns 3..7 is ``x1=3, x2=8``) and
+returns a :class:`TeacherOutput` at the original resolution.
+
+Box rule: boxes are clipped to the image (``[0, W] × [0, H]``); a box with zero or
+negative area after clipping (so also one wholly outside the image) raises
+:class:`~medistill.errors.MedistillError` naming its index and coordinates; so do boxes
+that are not ``(N, 4)`` finite numbers. ``N = 0`` is allowed and gives empty outputs.
+
+Uncertainty (MedDistill, METHODS.md §1): per box, the variance of its soft mask over
+the pixels of that mask at the original resolution.
+
+Example::
+
+    teacher = build_teacher("grabcut")
+    out = teacher.predict(image, np.array([[10, 12, 60, 70]]))
+    out.masks.shape        # (1, H, W) float32 in [0, 1]
+    out.fused()            # (H, W) pixel-wise max over the boxes
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medistill.errors import MedistillError
+
+
+@dataclass
+class TeacherOutput:
+    """What a teacher returns for one image.
+
+    Attributes:
+        masks: ``(N, H, W)`` float32 foreground probabilities per box, original size.
+        uncertainties: ``(N,)`` float32, the variance of each soft mask over its pixels.
+        scores: ``(N,)`` float32 model quality scores (SAM's IoU prediction), or None.
+        features: ``(h, w, C)`` float32 image-encoder features, channels-last, or None.
+        feature_stride: input pixels (of the teacher's padded square input) per feature
+            pixel, or None when there are no features.
+        boxes: ``(N, 4)`` float32 the clipped boxes actually used, original pixels.
+    """
+
+    masks: np.ndarray
+    uncertainties: np.ndarray
+    scores: np.ndarray | None
+    features: np.ndarray | None
+    feature_stride: int | None
+    boxes: np.ndarray
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def fused(self) -> np.ndarray:
+        """``(H, W)`` soft mask of the image: the pixel-wise max over its boxes (zeros if none)."""
+        if len(self.masks) == 0:
+            return np.zeros(self.masks.shape[1:], np.float32)
+        return self.masks.max(axis=0).astype(np.float32)
+
+    def image_uncertainty(self) -> float:
+        """Mean of the per-box uncertainties (MedDistill's σ²); 0.0 without boxes."""
+        return float(self.uncertainties.mean()) if len(self.uncertainties) else 0.0
+
+
+def mask_uncertainty(masks: np.ndarray) -> np.ndarray:
+    """``(N, H, W)`` soft masks → ``(N,)`` float32 variance of each over its pixels."""
+    masks = np.asarray(masks, np.float64)
+    if masks.shape[0] == 0:
+        return np.zeros((0,), np.float32)
+    return masks.reshape(masks.shape[0], -1).var(axis=1).astype(np.float32)
+
+
+def as_image(image: np.ndarray) -> np.ndarray:
+    """Validate a raw image: ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)`` finite numbers → ``(H, W, C)``."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3) or min(image.shape[:2]) < 1:
+        raise MedistillError(
+            f"teacher input must be an image of shape (H, W), (H, W, 1) or (H, W, 3), got {image.shape}")
+    if not np.issubdtype(image.dtype, np.number) or not np.all(np.isfinite(image)):
+        raise MedistillError("teacher input image contains NaN, infinite or non-numeric values")
+    return image
+
+
+def clip_boxes(boxes: Any, height: int, width: int) -> np.ndarray:
+    """``(N, 4)`` xyxy boxes → float32 boxes clipped to ``[0, W] × [0, H]``.
+
+    Raises :class:`MedistillError` naming the box for a wrong shape, a non-finite value,
+    or a box with no area inside the image (zero area, inverted, or wholly outside).
+
+    >>> clip_boxes([[-5, 2, 20, 9]], height=8, width=16).tolist()
+    [[0.0, 2.0, 16.0, 8.0]]
+    """
+    array = np.asarray(boxes, dtype=np.float64)
+    if array.size == 0:
+        return np.zeros((0, 4), np.float32)
+    if array.ndim == 1 and array.shape[0] == 4:
+        array = array[None]
+    if array.ndim != 2 or array.shape[1] != 4:
+        raise MedistillError(f"boxes must have shape (N, 4) as [x1, y1, x2, y2], got {array.shape}")
+    for i, box in enumerate(array):
+        if not np.all(np.isfinite(box)):
+            raise MedistillError(f"box {i} {box.tolist()} has a non-finite coordinate")
+    clipped = array.copy()
+    clipped[:, [0, 2]] = np.clip(array[:, [0, 2]], 0, width)
+    clipped[:, [1, 3]] = np.clip(array[:, [1, 3]], 0, height)
+    for i, (box, cut) in enumerate(zip(array, clipped)):
+        if cut[2] <= cut[0] or cut[3] <= cut[1]:
+            raise MedistillError(
+                f"box {i} {box.tolist()} has no area inside the {width}x{height} image "
+                "(zero-area, inverted or wholly outside); fix or drop it in the boxes file")
+    return clipped.astype(np.float32)
+
+
+class Teacher(abc.ABC):
+    """A frozen box-prompted segmentation model. Subclasses implement :meth:`_predict`.
+
+    Attributes: ``name`` (registry name), ``weights_hash`` (identifies the weights, for
+    cache provenance; "" when there are none) and ``preprocessing`` (a JSON-ready dict).
+    """
+
+    name: str = "teacher"
+    weights_hash: str = ""
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        return {}
+
+    def predict(self, image: np.ndarray, boxes: Any) -> TeacherOutput:
+        """Soft masks for every box of ``image``; see the module docstring for the rules."""
+        image = as_image(image)
+        height, width = image.shape[:2]
+        clipped = clip_boxes(boxes, height, width)
+        out = self._predict(image, clipped)
+        out.boxes = clipped
+        return out
+
+    @abc.abstractmethod
+    def _predict(self, image: np.ndarray, boxes: np.ndarray) -> TeacherOutput:
+        """``image`` validated ``(H, W, C)``; ``boxes`` clipped float32 ``(N, 4)``."""
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance: name, weights hash and preprocessing."""
+        return {"teacher": self.name, "weights_hash": self.weights_hash,
+                "preprocessing": self.preprocessing}
