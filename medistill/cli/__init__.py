@@ -19,6 +19,9 @@ COMMANDS = {
     "sources": ("medistill.cli.sources", "export an installed real data set (MNI152, Colin27, nuclei, cells3d)"),
     "train": ("medistill.cli.train", "train a supervised student on images and masks"),
     "evaluate": ("medistill.cli.evaluate", "predict with a trained model and compute metrics (= predict_eval.py)"),
+    "yolodata": ("medistill.cli.yolodata", "write a YOLO box data set from images and masks (= Creat_yolodata.py)"),
+    "detect": ("medistill.cli.detect", "train/predict/evaluate the YOLO box detector; oracle boxes (= detection.py)"),
+    "teach": ("medistill.cli.teach", "run a teacher (LiteMedSAM, GrabCut, SAM) on boxes and cache its soft masks"),
 }
 
 

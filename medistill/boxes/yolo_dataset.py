@@ -1,0 +1,433 @@
+"""Write a segmentation set as an ultralytics YOLO detection set (``Creat_yolodata.py``).
+
+Layout written under ``out``::
+
+    data.yaml                     train/val/test folders relative to this file, class names
+    images/{train,val,test}/STEM.png
+    labels/{train,val,test}/STEM.txt   one line "class xc yc w h" (normalised) per box;
+                                       empty for an image without foreground
+    yolodata.json                 settings, the stems of every split, the summary
+
+* Samples come from the data layer (pairing by stem, NIfTI slices ``<stem>_z<index>``,
+  validation with ``skip_bad``), so every STEM maps back to a data-layer sample.
+* Boxes: :func:`medistill.boxes.components.mask_to_boxes` (one per 8-connected component,
+  ``min_area``, ``one_box``; label value ``v`` is class ``v - 1``).
+* Images are written as 8-bit PNG: an image whose values are already integers in
+  0..255 is copied unchanged; anything else (16-bit, float, NIfTI slices) is min-max
+  stretched per image to 0..255 (a constant image becomes black). Grey stays grey,
+  RGB stays RGB.
+* Splits: a folder in the data layer's layout with ``train/``, ``val/``, ``test/`` keeps
+  its splits. Otherwise the samples are split by :func:`assign_splits`, by *group*, so
+  that the slices of one volume never land in two splits: the slices of a NIfTI file
+  form one group, and 2-D files whose stem matches ``group_pattern`` (by default
+  ``<name>_z<digits>``, the data layer's slice naming, which exported volumes keep)
+  are grouped by the pattern's first capture group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from medistill.boxes.boxes_file import Box
+from medistill.boxes.components import class_names_for, mask_to_boxes
+from medistill.data import (
+    Sample,
+    find_splits,
+    load_sample,
+    pair_folder,
+    validate_samples,
+    write_image_png,
+)
+from medistill.errors import DataError, DataProblem, MedistillError
+from medistill.fileio import write_json_atomic, write_text_atomic
+
+log = logging.getLogger("medistill.boxes")
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+DEFAULT_GROUP_PATTERN = r"^(.+)_z\d+$"
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+
+
+@dataclass
+class YoloDataConfig:
+    """Settings of one ``Creat_yolodata.py`` run (saved in ``yolodata.json``)."""
+
+    out: str
+    image_dir: str | None = None
+    mask_dir: str | None = None
+    data: str | None = None
+    split: tuple[float, float, float] = DEFAULT_FRACTIONS
+    seed: int = 0
+    min_area: int = 1
+    one_box: bool = False
+    class_names: list[str] | None = None
+    mask_suffix: str = ""
+    mask_mode: str = "auto"
+    group_pattern: str = DEFAULT_GROUP_PATTERN
+    drop_empty_slices: bool = False
+    skip_bad: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.data is None) == (self.image_dir is None):
+            raise MedistillError("give either --data DIR or --image_dir (with --mask_dir), not both")
+        if self.image_dir is not None and self.mask_dir is None:
+            raise MedistillError("--image_dir needs --mask_dir: boxes are made from the masks")
+        if self.min_area < 1:
+            raise MedistillError(f"--min-area is a pixel count of at least 1, got {self.min_area}")
+        self.split = tuple(float(f) for f in self.split)  # type: ignore[assignment]
+        check_fractions(self.split)
+        if self.group_pattern:
+            try:
+                re.compile(self.group_pattern)
+            except re.error as error:
+                raise MedistillError(f"--group-pattern {self.group_pattern!r} is not a valid "
+                                     f"regular expression ({error})") from error
+
+
+@dataclass
+class YoloSetSummary:
+    """What was written: counts per split and the box sizes (pixels)."""
+
+    images: dict[str, int] = field(default_factory=dict)
+    boxes: dict[str, int] = field(default_factory=dict)
+    empty: dict[str, int] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)
+    boxes_per_class: list[int] = field(default_factory=list)
+    box_sides: list[float] = field(default_factory=list)  # sqrt(w*h) in pixels
+    box_fractions: list[float] = field(default_factory=list)  # side / longest image side
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["box_sides"] = _quantiles(self.box_sides)
+        data["box_fractions"] = _quantiles(self.box_fractions)
+        return data
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def check_fractions(fractions: tuple[float, ...]) -> None:
+    """Three non-negative fractions summing to 1 with a positive train part."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or fractions[0] <= 0:
+        raise MedistillError(f"--split needs three fractions TRAIN VAL TEST, train > 0, none "
+                             f"negative (e.g. 0.8 0.1 0.1), got {list(fractions)}")
+    if abs(sum(fractions) - 1.0) > 1e-3:
+        raise MedistillError(f"--split fractions must sum to 1, got {list(fractions)} "
+                             f"(sum {sum(fractions):g})")
+
+
+def sample_group(sample: Sample, group_pattern: str = DEFAULT_GROUP_PATTERN) -> str:
+    """The group a sample is split with: its volume, its stem's pattern match, or its stem.
+
+    >>> from pathlib import Path
+    >>> sample_group(Sample("brain_z012", Path("brain_z012.png")))
+    'brain'
+    >>> sample_group(Sample("brain_z012", Path("brain_z012.png")), group_pattern="")
+    'brain_z012'
+    """
+    if sample.slice_index is not None:
+        return f"volume:{sample.image_path}"
+    if group_pattern:
+        match = re.match(group_pattern, sample.stem)
+        if match:
+            return match.group(1) if match.groups() else match.group(0)
+    return sample.stem
+
+
+def split_counts(groups: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+    """How many groups go to train, val and test.
+
+    Rounded from the fractions; a split with a positive fraction gets at least one group
+    when there are enough groups (val from 2 groups on, test from 3), train always keeps
+    one.
+
+    >>> split_counts(10, (0.8, 0.1, 0.1)), split_counts(3, (0.8, 0.1, 0.1)), split_counts(1, (0.8, 0.1, 0.1))
+    ((8, 1, 1), (1, 1, 1), (1, 0, 0))
+    """
+    val = int(round(groups * fractions[1]))
+    test = int(round(groups * fractions[2]))
+    if fractions[1] > 0 and groups >= 2:
+        val = max(val, 1)
+    if fractions[2] > 0 and groups >= 3:
+        test = max(test, 1)
+    while groups - val - test < 1 and (val or test):
+        if test >= val and test:
+            test -= 1
+        else:
+            val -= 1
+    return groups - val - test, val, test
+
+
+def assign_splits(
+    samples: list[Sample],
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    group_pattern: str = DEFAULT_GROUP_PATTERN,
+) -> dict[str, list[Sample]]:
+    """``{"train": [...], "val": [...], "test": [...]}``, split by group, deterministic in ``seed``.
+
+    The groups are sorted by name and permuted with ``numpy.random.default_rng(seed)``,
+    so the result depends only on the group names, the fractions and the seed.
+    """
+    check_fractions(fractions)
+    groups: dict[str, list[Sample]] = {}
+    for sample in samples:
+        groups.setdefault(sample_group(sample, group_pattern), []).append(sample)
+    names = sorted(groups)
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    n_train, n_val, _ = split_counts(len(names), fractions)
+    chosen = {"train": order[:n_train], "val": order[n_train:n_train + n_val],
+              "test": order[n_train + n_val:]}
+    return {split: sorted((s for g in chosen[split] for s in groups[g]), key=lambda s: s.stem)
+            for split in SPLITS}
+
+
+# --------------------------------------------------------------------------- images and labels
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """An 8-bit copy of an image: 0..255 integers unchanged, anything else min-max stretched.
+
+    >>> to_uint8(np.array([[0.0, 128.0, 255.0]])).tolist()
+    [[0, 128, 255]]
+    >>> to_uint8(np.array([[1000.0, 1500.0, 3000.0]])).tolist()
+    [[0, 64, 255]]
+    """
+    image = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if image.size == 0:
+        return image.astype(np.uint8)
+    low, high = float(image.min()), float(image.max())
+    if low >= 0 and high <= 255 and np.array_equal(image, np.round(image)):
+        return image.astype(np.uint8)
+    if high <= low:
+        return np.zeros(image.shape, np.uint8)
+    return np.rint((image - low) / (high - low) * 255.0).astype(np.uint8)
+
+
+def yolo_label_lines(boxes: list[Box], width: int, height: int) -> list[str]:
+    """One ``"class xc yc w h"`` line per box, normalised, six decimals.
+
+    >>> yolo_label_lines([Box(3, 2, 8, 6, class_id=0)], width=16, height=8)
+    ['0 0.343750 0.500000 0.312500 0.500000']
+    """
+    lines = []
+    for box in boxes:
+        xc, yc, w, h = box.to_yolo(width, height)
+        lines.append(f"{box.class_id} {xc:.6f} {yc:.6f} {w:.6f} {h:.6f}")
+    return lines
+
+
+def read_yolo_labels(path: str | os.PathLike, width: int, height: int) -> list[Box]:
+    """The boxes of a YOLO label file, in pixels of a ``width`` x ``height`` image."""
+    path = Path(path)
+    if not path.is_file():
+        return []  # ultralytics treats a missing label file as an image without objects
+    boxes = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            class_id, values = int(parts[0]), [float(v) for v in parts[1:5]]
+        except ValueError as error:
+            raise DataError(f"{path} line {number}: {line!r} is not 'class xc yc w h'") from error
+        if len(parts) != 5:
+            raise DataError(f"{path} line {number}: {line!r} is not 'class xc yc w h' "
+                            "(this reader handles detection labels only)")
+        boxes.append(Box.from_yolo(*values, width=width, height=height, class_id=class_id))
+    return boxes
+
+
+# --------------------------------------------------------------------------- the whole set
+
+
+def build_yolo_dataset(config: YoloDataConfig) -> YoloSetSummary:
+    """Read, check, split and write the YOLO set of ``config``; return its summary."""
+    out = Path(config.out)
+    inputs = [Path(p) for p in (config.data, config.image_dir, config.mask_dir) if p]
+    _refuse_overlap(out, inputs)
+    splits = _read_splits(config)
+    prepare_yolo_folder(out, config.overwrite)
+    summary = write_yolo_dataset(splits, out, class_names=config.class_names,
+                                 min_area=config.min_area, one_box=config.one_box,
+                                 mask_mode=config.mask_mode)
+    record = {"medistill": "yolodata", "settings": asdict(config), "summary": summary.to_dict(),
+              "splits": {name: [s.stem for s in splits.get(name, [])] for name in SPLITS}}
+    write_json_atomic(out / "yolodata.json", record)
+    return summary
+
+
+def _read_splits(config: YoloDataConfig) -> dict[str, list[Sample]]:
+    if config.data is not None:
+        layout = find_splits(config.data)
+        named = {name: folders for name, folders in layout.items() if name != "all"}
+        if named:
+            if any(masks is None for _, masks in named.values()):
+                raise DataError(f"{config.data}: every split needs a masks/ folder to make boxes")
+            log.info("keeping the splits of %s: %s", config.data, ", ".join(named))
+            return {name: _checked_samples(images, masks, config)
+                    for name, (images, masks) in named.items()}
+        images, masks = layout["all"]
+        if masks is None:
+            raise DataError(f"{config.data} has images/ but no masks/: boxes are made from masks")
+    else:
+        images, masks = Path(config.image_dir), Path(config.mask_dir)  # type: ignore[arg-type]
+    samples = _checked_samples(images, masks, config)
+    return assign_splits(samples, config.split, config.seed, config.group_pattern)
+
+
+def _checked_samples(images: Path, masks: Path, config: YoloDataConfig) -> list[Sample]:
+    problems: list[DataProblem] = []
+    samples = pair_folder(images, masks, mask_suffix=config.mask_suffix,
+                          keep_empty_slices=not config.drop_empty_slices,
+                          mask_mode=config.mask_mode, problems=problems)
+    return validate_samples(samples, skip_bad=config.skip_bad, mask_mode=config.mask_mode,
+                            problems=problems)
+
+
+def _refuse_overlap(out: Path, inputs: list[Path]) -> None:
+    target = out.resolve()
+    for folder in inputs:
+        source = folder.resolve()
+        if target == source or target in source.parents:
+            raise MedistillError(f"--out {out} holds the input folder {folder}: write the YOLO "
+                                 "set to a folder of its own")
+
+
+def prepare_yolo_folder(out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Create ``out``; a non-empty folder is refused unless ``overwrite``.
+
+    With ``overwrite`` only what this module writes is removed first (the PNGs and
+    label files of the split folders, ultralytics' label caches, ``data.yaml``,
+    ``yolodata.json``); other files are left alone.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MedistillError(f"{out} is a file, not a folder: choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise MedistillError(f"{out} is not empty: choose a new or empty folder, or pass "
+                                 "--overwrite to replace the YOLO set in it")
+        for split in SPLITS:
+            for old in [*(out / "images" / split).glob("*.png"),
+                        *(out / "labels" / split).glob("*.txt")]:
+                old.unlink()
+        for old in [*(out / "labels").glob("*.cache"), out / "data.yaml", out / "yolodata.json"]:
+            if old.is_file():
+                old.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MedistillError(f"cannot create {out}: {error}") from error
+    return out
+
+
+def write_yolo_dataset(
+    splits: dict[str, list[Sample]],
+    out: str | os.PathLike,
+    class_names: list[str] | None = None,
+    min_area: int = 1,
+    one_box: bool = False,
+    mask_mode: str = "auto",
+) -> YoloSetSummary:
+    """Write images, label files and ``data.yaml`` for already split, validated samples."""
+    out = Path(out)
+    summary = YoloSetSummary()
+    class_counts: dict[int, int] = {}
+    total = sum(len(samples) for samples in splits.values())
+    with tqdm(total=total, desc="writing YOLO set", unit="image") as bar:
+        for split, samples in splits.items():
+            if split not in SPLITS:
+                raise MedistillError(f"unknown split {split!r}: use {', '.join(SPLITS)}")
+            image_dir, label_dir = out / "images" / split, out / "labels" / split
+            image_dir.mkdir(parents=True, exist_ok=True)
+            label_dir.mkdir(parents=True, exist_ok=True)
+            summary.images[split] = summary.boxes[split] = summary.empty[split] = 0
+            for sample in samples:
+                image, mask = load_sample(sample, mask_mode)
+                if mask is None:
+                    raise DataError(f"{sample.describe()} has no mask: boxes are made from masks")
+                height, width = mask.shape
+                boxes = mask_to_boxes(mask, min_area=min_area, one_box=one_box)
+                write_image_png(image_dir / f"{sample.stem}.png", to_uint8(image))
+                lines = yolo_label_lines(boxes, width, height)
+                (label_dir / f"{sample.stem}.txt").write_text("".join(f"{ln}\n" for ln in lines))
+                summary.images[split] += 1
+                summary.boxes[split] += len(boxes)
+                summary.empty[split] += not boxes
+                for box in boxes:
+                    class_counts[box.class_id] = class_counts.get(box.class_id, 0) + 1
+                    side = float(np.sqrt(box.area))
+                    summary.box_sides.append(side)
+                    summary.box_fractions.append(side / max(width, height))
+                bar.update()
+    num_classes = max(class_counts, default=0) + 1
+    names = class_names_for(class_names, num_classes)
+    summary.class_names = names
+    summary.boxes_per_class = [class_counts.get(k, 0) for k in range(len(names))]
+    if not class_counts:
+        log.warning("no mask has any foreground: every label file is empty, a detector "
+                    "cannot learn from this set")
+    write_data_yaml(out, names, [s for s in SPLITS if summary.images.get(s)])
+    return summary
+
+
+def write_data_yaml(out: Path, class_names: list[str], splits: list[str]) -> Path:
+    """``data.yaml`` with split folders relative to its own folder (no ``path`` key).
+
+    ultralytics resolves the folders against the folder of ``data.yaml`` when ``path``
+    is absent, so the set can be moved or copied as a whole. A missing val split
+    points at train (with a warning): ultralytics needs a val split to train.
+    """
+    if "train" not in splits:
+        raise MedistillError(f"no image went to the train split of {out}: add images or "
+                             "change --split")
+    entries = {split: f"images/{split}" for split in splits}
+    if "val" not in entries:
+        log.warning("the val split of %s is empty; validating on train (add images or "
+                    "raise the val fraction for honest validation figures)", out)
+        entries["val"] = "images/train"
+    header = ("# YOLO detection set written by medistill (Creat_yolodata.py).\n"
+              "# Folders are relative to this file; labels/ mirrors images/.\n")
+    body = {**entries, "nc": len(class_names), "names": dict(enumerate(class_names))}
+    path = out / "data.yaml"
+    write_text_atomic(path, header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def format_summary(summary: YoloSetSummary) -> str:
+    """A readable table of the summary (printed by ``Creat_yolodata.py``)."""
+    lines = [f"{'split':<6} {'images':>7} {'boxes':>7} {'no box':>7}"]
+    for split in SPLITS:
+        if split in summary.images:
+            lines.append(f"{split:<6} {summary.images[split]:>7} {summary.boxes[split]:>7} "
+                         f"{summary.empty[split]:>7}")
+    if len(summary.boxes_per_class) > 1:
+        lines.append("boxes per class: " + ", ".join(
+            f"{k} {name}: {count}" for k, (name, count)
+            in enumerate(zip(summary.class_names, summary.boxes_per_class))))
+    sides, fractions = _quantiles(summary.box_sides), _quantiles(summary.box_fractions)
+    if sides:
+        lines.append("box side sqrt(w*h), pixels: " + _format_quantiles(sides, "{:.1f}"))
+        lines.append("box side / image side:      " + _format_quantiles(fractions, "{:.3f}"))
+    return "\n".join(lines)
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    points = np.percentile(np.asarray(values), [0, 10, 50, 90, 100])
+    return dict(zip(("min", "p10", "median", "p90", "max"), (float(p) for p in points)))
+
+
+def _format_quantiles(quantiles: dict[str, float], pattern: str) -> str:
+    return "  ".join(f"{name} {pattern.format(value)}" for name, value in quantiles.items())

@@ -1,0 +1,24 @@
+"""The examples in the boxes docstrings run and print what they say."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "medistill.boxes.boxes_file",
+    "medistill.boxes.components",
+    "medistill.boxes.metrics",
+    "medistill.boxes.oracle",
+    "medistill.boxes.yolo_dataset",
+]
+
+
+@pytest.mark.parametrize("module_name", MODULES)
+def test_docstring_examples(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0
