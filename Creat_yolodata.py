@@ -9,14 +9,7 @@ Same as ``python -m medistill yolodata``; see ``--help`` for every option.
 
 import sys
 
-from medistill.cli import run_command, setup_logging
-from medistill.cli.yolodata import add_arguments
+from medistill.cli import run_script
 
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="Creat_yolodata.py", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args()
-    setup_logging()
-    sys.exit(run_command("medistill.cli.yolodata", args))
+    sys.exit(run_script("Creat_yolodata.py", "medistill.cli.yolodata", __doc__))

@@ -11,17 +11,7 @@ Same as ``python -m medistill detect``; see ``--help`` of each subcommand.
 
 import sys
 
-from medistill.cli import run_command, setup_logging
-from medistill.cli.detect import add_arguments
+from medistill.cli import run_script
 
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="detection.py", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:6]))
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    add_arguments(parser)
-    args = parser.parse_args()
-    setup_logging(args.verbose)
-    sys.exit(run_command("medistill.cli.detect", args))
+    sys.exit(run_script("detection.py", "medistill.cli.detect", __doc__))

@@ -8,14 +8,7 @@ Same as ``python -m medistill evaluate``; see ``--help`` for every option.
 
 import sys
 
-from medistill.cli import run_command, setup_logging
-from medistill.cli.evaluate import add_arguments
+from medistill.cli import run_script
 
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="predict_eval.py", description=__doc__.splitlines()[1])
-    add_arguments(parser)
-    args = parser.parse_args()
-    setup_logging()
-    sys.exit(run_command("medistill.cli.evaluate", args))
+    sys.exit(run_script("predict_eval.py", "medistill.cli.evaluate", __doc__))

@@ -63,3 +63,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     return run_command(COMMANDS[args.command][0], args)
+
+
+def run_script(prog: str, module: str, doc: str) -> int:
+    """The body of a top-level script (``predict_eval.py`` …) that runs one command.
+
+    The first line of ``doc`` is the description; its indented usage lines are the epilog.
+    """
+    lines = doc.strip().splitlines()
+    usage = [line for line in lines[1:] if line.startswith("    ")]
+    parser = argparse.ArgumentParser(prog=prog, description=lines[0], epilog="\n".join(usage),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    importlib.import_module(module).add_arguments(parser)
+    args = parser.parse_args()
+    setup_logging(args.verbose)
+    return run_command(module, args)
