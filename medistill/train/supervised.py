@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import keras
@@ -138,7 +137,8 @@ def train_supervised(config: TrainConfig) -> Path:
             card = ModelCard(pre, num_classes)
             save_model_artifacts(model, run_dir, card)
             plot_history(history, run_dir / "curves.png")
-            best = max((r.get("val_dice", -math.inf) for r in history), default=None)
+            scores = [r["val_dice"] for r in history if "val_dice" in r]
+            best = max(scores) if scores else None  # JSON has no -Infinity
             write_json_atomic(run_dir / "summary.json", {
                 "epochs_run": len(history), "best_val_dice": best,
                 "num_classes": num_classes, "train_images": len(train), "val_images": len(val),

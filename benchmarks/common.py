@@ -1,0 +1,274 @@
+"""Shared helpers of the benchmarks: arguments, machine description, timing, RESULTS.md.
+
+Import this module before TensorFlow: it sets quiet, writable defaults for the
+environment variables TensorFlow, Keras and Matplotlib read at import time.
+
+Each benchmark owns one section of ``benchmarks/RESULTS.md``, delimited by HTML comment
+markers; :func:`write_section` replaces that section in place (or appends it) and leaves
+the other sections alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_SCRATCH = Path(tempfile.gettempdir())
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_HOME", str(_SCRATCH / "medistill-bench-keras"))
+os.environ.setdefault("MPLCONFIGDIR", str(_SCRATCH / "medistill-bench-mpl"))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+RESULTS_PATH = BENCH_DIR / "RESULTS.md"
+QUICK_RESULTS_PATH = _SCRATCH / "medistill-bench-quick" / "RESULTS.md"
+
+RESULTS_HEADER = """# Benchmark results
+
+Written by the scripts in `benchmarks/` (`make bench` runs them all through
+`benchmarks/run_all.py`); each script rewrites only its own section. Rates are
+wall-clock figures on the machine named in each section; the load average (1 min,
+from `uptime`) before and after each measurement says how busy the machine was, since
+other processes may run at the same time.
+"""
+
+
+# ---------------------------------------------------------------------------
+# Arguments and the command line
+# ---------------------------------------------------------------------------
+
+
+def argument_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with the options every benchmark has: ``--quick`` and ``--results``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes, for a smoke run (figures are meaningless)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help=f"Markdown file to update (default {RESULTS_PATH.relative_to(REPO_ROOT)}; "
+                             f"with --quick {QUICK_RESULTS_PATH}, so smoke runs never replace real figures)")
+    return parser
+
+
+def results_path(args: argparse.Namespace) -> Path:
+    """Where this run writes its section (see :func:`argument_parser`)."""
+    if args.results is not None:
+        return Path(args.results)
+    return QUICK_RESULTS_PATH if args.quick else RESULTS_PATH
+
+
+def _display_path(path: str | Path) -> str:
+    """``path`` relative to the repository root when it lies inside it."""
+    resolved = Path(path).resolve() if Path(path).exists() else Path(path)
+    try:
+        return str(resolved.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def python_command() -> list[str]:
+    """The interpreter as a user would type it from the repository root."""
+    executable = Path(sys.executable)
+    if executable.parent == REPO_ROOT / ".venv" / "bin":
+        return [".venv/bin/python"]
+    return [str(executable)]
+
+
+def command_line() -> str:
+    """The command that started this script, runnable from the repository root."""
+    return shlex.join([*python_command(), _display_path(sys.argv[0]), *sys.argv[1:]])
+
+
+@dataclass
+class CommandLog:
+    """Runs Python commands from the repository root and keeps them, shown as typed.
+
+    Paths under ``work`` are shown as ``$WORK``, so a section lists commands a reader can
+    rerun with a folder of their own.
+    """
+
+    work: Path
+    lines: list[str] = field(default_factory=list)
+
+    def shown(self, arguments: Sequence[str]) -> str:
+        """``python arguments...`` as a user would type it from the repository root."""
+        return shlex.join([*python_command(), *arguments]).replace(str(self.work), "$WORK")
+
+    def run(self, arguments: Sequence[str], log_file: Path) -> float:
+        """Run ``python arguments...``, output to ``log_file``; return wall seconds.
+
+        Raises:
+            RuntimeError: when the command fails, with the end of its output.
+        """
+        self.lines.append(self.shown(arguments))
+        print(f"$ {self.lines[-1]}", flush=True)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        with open(log_file, "w", encoding="utf-8") as log:
+            done = subprocess.run([sys.executable, *arguments], cwd=REPO_ROOT, stdout=log,
+                                  stderr=subprocess.STDOUT, check=False)
+        seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            tail = log_file.read_text(encoding="utf-8", errors="replace")[-3000:]
+            raise RuntimeError(f"command failed (exit {done.returncode}): {self.lines[-1]}\n{tail}")
+        return seconds
+
+
+# ---------------------------------------------------------------------------
+# Machine description and load
+# ---------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or ``platform.processor()``)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return platform.processor() or "unknown"
+    match = re.search(r"^model name\s*:\s*(.+)$", text, flags=re.MULTILINE)
+    return match.group(1).strip() if match else (platform.processor() or "unknown")
+
+
+def load_average() -> float:
+    """The 1-minute load average (what ``uptime`` shows first)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def machine_description() -> str:
+    """One line: cores, CPU model, OS, Python, TensorFlow and Keras versions."""
+    import keras
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    accelerator = f"{len(gpus)} GPU(s)" if gpus else "no GPU"
+    return (f"{os.cpu_count()} CPU cores ({cpu_model()}), {accelerator}, "
+            f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
+            f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
+
+
+# ---------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Durations of repeated runs of one thing, and the load around them."""
+
+    seconds: tuple[float, ...]
+    load_before: float
+    load_after: float
+
+    @property
+    def total(self) -> float:
+        """Sum of all durations, in seconds."""
+        return sum(self.seconds)
+
+    @property
+    def median(self) -> float:
+        """Median duration, in seconds."""
+        return statistics.median(self.seconds)
+
+    def rate(self, items_per_run: float) -> float:
+        """Items per second over all runs."""
+        return items_per_run * len(self.seconds) / self.total if self.total > 0 else float("nan")
+
+    @property
+    def load(self) -> str:
+        """``"before → after"`` 1-minute load, for a table cell."""
+        return f"{self.load_before:.2f} → {self.load_after:.2f}"
+
+
+def time_runs(run: Callable[[], object], repeats: int, warmup: int = 0,
+              min_repeats: int | None = None, budget_seconds: float | None = None) -> Timing:
+    """Call ``run`` ``warmup`` times untimed, then up to ``repeats`` times, timing each call.
+
+    With ``budget_seconds``, timing stops early once the timed calls have taken that long
+    and at least ``min_repeats`` (default: all ``repeats``) calls were made.
+    """
+    least = repeats if min_repeats is None else min(min_repeats, repeats)
+    for _ in range(warmup):
+        run()
+    load_before = load_average()
+    durations: list[float] = []
+    while len(durations) < repeats:
+        start = time.perf_counter()
+        run()
+        durations.append(time.perf_counter() - start)
+        if budget_seconds is not None and len(durations) >= least and sum(durations) >= budget_seconds:
+            break
+    return Timing(tuple(durations), load_before, load_average())
+
+
+# ---------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub Markdown table; cells are formatted with ``str``."""
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _markers(key: str) -> tuple[str, str]:
+    return f"<!-- bench:{key}:start -->", f"<!-- bench:{key}:end -->"
+
+
+def section_text(key: str, title: str, command: str, body: str, notes: str = "") -> str:
+    """A complete RESULTS.md section: title, date, machine, command, notes and body."""
+    start, end = _markers(key)
+    today = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    parts = [
+        start,
+        f"## {title}",
+        "",
+        f"- Date: {today}",
+        f"- Machine: {machine_description()}",
+        f"- Command (from the repository root): `{command}`",
+    ]
+    if notes:
+        parts += ["", notes.strip()]
+    parts += ["", body.strip(), end]
+    return "\n".join(parts)
+
+
+def write_section(path: str | Path, key: str, section: str) -> Path:
+    """Replace section ``key`` of the Markdown file ``path`` (or append it); atomic."""
+    path = Path(path)
+    start, end = _markers(key)
+    text = path.read_text(encoding="utf-8") if path.exists() else RESULTS_HEADER
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), flags=re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+def publish(args: argparse.Namespace, key: str, title: str, body: str, notes: str = "") -> None:
+    """Print the section and write it into this run's results file."""
+    section = section_text(key, title, command_line(), body, notes)
+    print(section)
+    written = write_section(results_path(args), key, section)
+    print(f"\nupdated section '{key}' of {written}")
