@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import common
-from common import CommandLog, argument_parser, load_average, markdown_table, publish
+from common import (CommandLog, argument_parser, copy_pairs, exported_stems, load_average, markdown_table,
+                    publish)
 
 SECTION_KEY = "detector"
 SECTION_TITLE = "Box detector (YOLO from scratch): training time, mAP50, box recall"
@@ -72,18 +72,6 @@ DEFAULT_DATASETS = ("phantoms", "nuclei", "colin27")
 # ---------------------------------------------------------------------------
 # Data sets: each builder writes ROOT/{train,val,test}/{images,masks}
 # ---------------------------------------------------------------------------
-
-
-def copy_pairs(source: Path, stems: Sequence[str], target: Path) -> None:
-    """Copy the PNG image/mask pairs named ``stems`` from ``source`` into ``target``."""
-    for sub in ("images", "masks"):
-        (target / sub).mkdir(parents=True, exist_ok=True)
-        for stem in stems:
-            shutil.copy2(source / sub / f"{stem}.png", target / sub / f"{stem}.png")
-
-
-def exported_stems(folder: Path) -> list[str]:
-    return sorted(path.stem for path in (folder / "images").glob("*.png"))
 
 
 def prepare_phantoms(root: Path, plan: Plan, commands: CommandLog) -> str:

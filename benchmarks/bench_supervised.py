@@ -15,14 +15,14 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import CommandLog, argument_parser, load_average, markdown_table, publish
+from common import (CommandLog, argument_parser, copy_pairs, exported_stems, load_average, markdown_table,
+                    publish)
 
 SECTION_KEY = "supervised"
 SECTION_TITLE = "Supervised students through the CLI (`medistill train` + `predict_eval.py`)"
@@ -95,19 +95,6 @@ DEFAULT_DATASETS = ("phantoms", "nuclei", "mni152")
 # ---------------------------------------------------------------------------
 # Data sets: each builder writes ROOT/train/{images,masks} and ROOT/test/{images,masks}
 # ---------------------------------------------------------------------------
-
-
-def copy_pairs(source: Path, stems: Sequence[str], target: Path) -> None:
-    """Copy the PNG image/mask pairs named ``stems`` from ``source`` into ``target``."""
-    for sub in ("images", "masks"):
-        (target / sub).mkdir(parents=True, exist_ok=True)
-        for stem in stems:
-            shutil.copy2(source / sub / f"{stem}.png", target / sub / f"{stem}.png")
-
-
-def exported_stems(folder: Path) -> list[str]:
-    """Sorted stems of an exported source folder."""
-    return sorted(path.stem for path in (folder / "images").glob("*.png"))
 
 
 def prepare_phantoms(root: Path, plan: Plan, commands: CommandLog) -> str:

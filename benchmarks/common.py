@@ -15,6 +15,7 @@ import datetime as _dt
 import os
 import platform
 import re
+import shutil
 import shlex
 import statistics
 import subprocess
@@ -272,3 +273,16 @@ def publish(args: argparse.Namespace, key: str, title: str, body: str, notes: st
     print(section)
     written = write_section(results_path(args), key, section)
     print(f"\nupdated section '{key}' of {written}")
+
+
+def copy_pairs(source: Path, stems: Sequence[str], target: Path) -> None:
+    """Copy the PNG image/mask pairs named ``stems`` from ``source`` into ``target``."""
+    for sub in ("images", "masks"):
+        (target / sub).mkdir(parents=True, exist_ok=True)
+        for stem in stems:
+            shutil.copy2(source / sub / f"{stem}.png", target / sub / f"{stem}.png")
+
+
+def exported_stems(folder: Path) -> list[str]:
+    """Sorted stems of an exported source folder."""
+    return sorted(path.stem for path in (folder / "images").glob("*.png"))

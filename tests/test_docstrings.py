@@ -1,4 +1,4 @@
-"""The examples in the docstrings run and print what they say."""
+"""The examples in the package's docstrings run and print what they say."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ import importlib
 import pytest
 
 MODULES = [
+    "medistill.boxes.boxes_file",
+    "medistill.boxes.components",
+    "medistill.boxes.metrics",
+    "medistill.boxes.oracle",
+    "medistill.boxes.yolo_dataset",
     "medistill.networks",
     "medistill.networks.blocks",
     "medistill.networks.features",
