@@ -30,7 +30,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -42,19 +41,12 @@ import h5py
 import numpy as np
 
 from medistill.errors import MedistillError
+from medistill.fileio import file_sha256
 from medistill.teachers.base import Teacher, TeacherOutput
 
 LOG = logging.getLogger("medistill.teachers")
 FORMAT = "medistill.teacher_cache"
 VERSION = 1
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def provenance(teacher: Teacher, boxes_path: str | os.PathLike, class_names: list[str]) -> dict[str, str]:

@@ -25,7 +25,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from medistill.errors import CheckpointError
-from medistill.fileio import atomic_path
+from medistill.fileio import atomic_path, file_sha256
 
 LOG = logging.getLogger("medistill.teachers")
 WEIGHTS_NAME = "model.weights.h5"
@@ -66,15 +65,6 @@ def cache_root() -> Path:
     home = os.environ.get("MEDISTILL_HOME")
     base = Path(home).expanduser() if home else Path.home() / ".cache" / "medistill"
     return base / "litemedsam"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
