@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from medistill.errors import DataError, DataProblem
+from medistill.fileio import atomic_path
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".nii", ".nii.gz",
@@ -356,17 +356,10 @@ def _write_png_atomically(path: Path, array: np.ndarray) -> Path:
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(array))
     if not ok:
         raise DataError(f"cannot write {path}: PNG encoding failed")
-    temporary = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                             suffix=".tmp")
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(encoded.tobytes())
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            temporary.write_bytes(encoded.tobytes())
     except OSError as error:
-        if temporary is not None and os.path.exists(temporary):
-            os.remove(temporary)
         raise DataError(f"cannot write {path}: {error} (check the folder exists and is "
                         "writable)") from error
     return path
