@@ -1,6 +1,6 @@
 """Writing a trained model with its preprocessing, and loading it back to predict.
 
-A run folder holds ``model.keras``, ``saved_model/`` (TF SavedModel, ``serve``
+A run folder holds ``model.keras`` (``student.keras`` for MedDistill runs), ``saved_model/`` (TF SavedModel, ``serve``
 endpoint) and ``preprocessing.json`` (the model card: preprocessing, classes,
 activation). The SavedModel keeps a copy of the card in its ``assets/`` folder so that
 it can be moved on its own.
@@ -30,6 +30,8 @@ from medistill.fileio import atomic_path, write_json_atomic
 log = logging.getLogger("medistill.export")
 
 CARD_NAME = "preprocessing.json"
+# A run folder's Keras file: supervised runs write model.keras, MedDistill student.keras.
+KERAS_NAMES = ("model.keras", "student.keras")
 ASSET_CARD_NAME = "medistill_preprocessing.json"
 
 
@@ -63,11 +65,14 @@ def default_class_names(num_classes: int) -> list[str]:
     return ["background"] + [f"class_{k}" for k in range(1, num_classes)]
 
 
-def save_model_artifacts(model: keras.Model, run_dir: str | Path, card: ModelCard) -> None:
-    """Write ``model.keras``, ``saved_model/`` and ``preprocessing.json`` atomically."""
+def save_model_artifacts(model: keras.Model, run_dir: str | Path, card: ModelCard,
+                         keras_name: str = "model.keras") -> None:
+    """Write ``keras_name`` (``model.keras``), ``saved_model/`` and ``preprocessing.json`` atomically."""
+    if keras_name not in KERAS_NAMES:
+        raise ValueError(f"keras_name must be one of {KERAS_NAMES}, got {keras_name!r}")
     run_dir = Path(run_dir)
     write_json_atomic(run_dir / CARD_NAME, card.to_dict())
-    with atomic_path(run_dir / "model.keras") as tmp:
+    with atomic_path(run_dir / keras_name) as tmp:
         model.save(str(tmp))
     with atomic_path(run_dir / "saved_model", suffix="") as tmp:
         size, channels = card.preprocess.size, card.preprocess.channels
@@ -138,8 +143,9 @@ def load_predictor(path: str | Path) -> Predictor:
         card = ModelCard.from_dict(json.loads(card_path.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{card_path} is damaged ({error}); re-export the model") from error
-    if path.is_dir() and (path / "model.keras").is_file():
-        return Predictor(_load_keras(path / "model.keras"), card, path)
+    for name in KERAS_NAMES if path.is_dir() else ():
+        if (path / name).is_file():
+            return Predictor(_load_keras(path / name), card, path)
     if path.is_dir() and (path / "saved_model.pb").is_file():
         return Predictor(_load_saved_model(path), card, path)
     if path.suffix == ".keras":

@@ -10,3 +10,85 @@ os.environ.setdefault("KERAS_HOME", os.path.join(_home, "keras"))
 os.environ.setdefault("MPLCONFIGDIR", os.path.join(_home, "matplotlib"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+# -- multi-worker runs on localhost ----------------------------------------------------
+import json  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.fixture
+def run_workers(tmp_path):
+    """Run ``python -m medistill *argv`` as a localhost multi-worker cluster.
+
+    Each worker gets a ``TF_CONFIG`` naming all of them and writes its final weights to
+    ``tmp_path/worker_weights`` (see ``medistill.distill.session``); all must exit 0.
+    """
+    weights_dir = tmp_path / "worker_weights"
+
+    def run(argv: list[str], workers: int = 2, timeout: int = 600,
+            env: dict | None = None) -> list[subprocess.CompletedProcess]:
+        addresses = [f"localhost:{port}" for port in _free_ports(workers)]
+        processes = []
+        for index in range(workers):
+            worker_env = {**os.environ, **(env or {}),
+                          "TF_CONFIG": json.dumps({"cluster": {"worker": addresses},
+                                                   "task": {"type": "worker", "index": index}}),
+                          "MEDISTILL_WORKER_WEIGHTS_DIR": str(weights_dir)}
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "medistill", *argv], cwd=REPO_ROOT, env=worker_env,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        results = []
+        try:
+            for process in processes:
+                out, err = process.communicate(timeout=timeout)
+                results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+        for index, result in enumerate(results):
+            assert result.returncode == 0, f"worker {index} failed:\n{result.stderr[-4000:]}"
+        return results
+
+    run.weights_dir = weights_dir
+    return run
+
+
+def _read_worker_weights(directory: Path) -> list[list]:
+    import h5py
+
+    files = sorted(Path(directory).glob("worker-*.weights.h5"))
+    assert files, f"no worker weight files in {directory}"
+    result = []
+    for path in files:
+        arrays = []
+        with h5py.File(path, "r") as handle:
+            handle.visititems(lambda name, obj: arrays.append((name, obj[()]))
+                              if isinstance(obj, h5py.Dataset) else None)
+        result.append([value for _, value in sorted(arrays, key=lambda item: item[0])])
+    return result
+
+
+@pytest.fixture
+def read_worker_weights():
+    """``read(directory) -> [[arrays of worker 0], [arrays of worker 1], ...]``."""
+    return _read_worker_weights

@@ -22,6 +22,9 @@ COMMANDS = {
     "yolodata": ("medistill.cli.yolodata", "write a YOLO box data set from images and masks (= Creat_yolodata.py)"),
     "detect": ("medistill.cli.detect", "train/predict/evaluate the YOLO box detector; oracle boxes (= detection.py)"),
     "teach": ("medistill.cli.teach", "run a teacher (LiteMedSAM, GrabCut, SAM) on boxes and cache its soft masks"),
+    "meddistill": ("medistill.cli.meddistill",
+                   "distil a box-prompted foundation model into a prompt-free student, no masks (= meddistill.py)"),
+    "distill": ("medistill.cli.distill", "supervised / semi-supervised distillation: KAMSD, CAKD+MSKD, SIKD, SSCD"),
 }
 
 

@@ -20,16 +20,12 @@ import keras
 import tensorflow as tf
 
 from medistill.data import AugmentConfig, PreprocessConfig, make_dataset
-from medistill.distribute import choose_strategy, is_chief
-from medistill.export import ModelCard, save_model_artifacts
-from medistill.fileio import write_json_atomic
+from medistill.export import ModelCard
 from medistill.losses import hard_dice_per_example, predicted_labels, segmentation_loss
 from medistill.networks import build_student, model_summary
 from medistill.train.config import TrainConfig
-from medistill.train.curves import plot_history
 from medistill.train.data_setup import count_classes, training_samples
 from medistill.train.loop import LoopSettings, TrainingLoop
-from medistill.train.run_folder import add_file_log, prepare_run_folder
 
 log = logging.getLogger("medistill.train")
 
@@ -73,24 +69,15 @@ def validation_fn(model: keras.Model, dataset: tf.data.Dataset | None, num_class
 
 def train_supervised(config: TrainConfig) -> Path:
     """Train, resume if the run folder holds a compatible run, export; return the folder."""
-    strategy = choose_strategy(config.cpu_replicas)
-    run_dir = Path(config.out)
-    chief = is_chief(strategy)
-    resumed = prepare_run_folder(config, TrainConfig) if chief else False
-    handler = add_file_log(run_dir) if chief else None
-    try:
-        if resumed:
-            log.info("found an earlier run in %s: resuming it", run_dir)
+    from medistill.distill.session import finish_run, open_run
+
+    with open_run(config, TrainConfig, cpu_replicas=config.cpu_replicas) as session:
         train, val = training_samples(config.data, mask_suffix=config.mask_suffix, mask_mode=config.mask_mode,
                                       val_fraction=config.val_fraction, seed=config.seed,
                                       skip_bad=config.skip_bad)
         num_classes = config.num_classes or count_classes(train + val, config.mask_mode)
         pre = preprocess_config(config)
-        replicas = strategy.num_replicas_in_sync
-        batch = max(replicas, min(config.batch, len(train)) // replicas * replicas)
-        if batch != config.batch:
-            log.info("global batch %d (asked %d; %d training images, %d replica(s))",
-                     batch, config.batch, len(train), replicas)
+        batch = session.global_batch(config.batch, len(train))
         steps = max(1, len(train) // batch)
         if config.steps_per_epoch:
             steps = min(steps, config.steps_per_epoch)
@@ -106,7 +93,7 @@ def train_supervised(config: TrainConfig) -> Path:
                                  mask_mode=config.mask_mode) if val else None)
         outputs = 1 if num_classes == 2 else num_classes
         keras.utils.set_random_seed(config.seed)  # same seed, same initial weights
-        with strategy.scope():
+        with session.scope():
             model = build_student(config.student, in_channels=config.channels, num_classes=outputs,
                                   **config.student_options)
             optimizer = make_optimizer(config, steps)
@@ -129,26 +116,9 @@ def train_supervised(config: TrainConfig) -> Path:
         settings = LoopSettings(epochs=config.epochs, patience=config.patience,
                                 monitor="val_dice" if val else "loss", mode="max" if val else "min",
                                 steps_per_epoch=steps)
-        loop = TrainingLoop(strategy, run_dir, model, optimizer, step,
+        loop = TrainingLoop(session.strategy, session.run_dir, model, optimizer, step,
                             validation_fn(model, val_data, num_classes), settings)
         history = loop.fit(lambda epoch: train_data)
-        loop.load_best()
-        if chief:
-            card = ModelCard(pre, num_classes)
-            save_model_artifacts(model, run_dir, card)
-            plot_history(history, run_dir / "curves.png")
-            scores = [r["val_dice"] for r in history if "val_dice" in r]
-            best = max(scores) if scores else None  # JSON has no -Infinity
-            write_json_atomic(run_dir / "summary.json", {
-                "epochs_run": len(history), "best_val_dice": best,
-                "num_classes": num_classes, "train_images": len(train), "val_images": len(val),
-                "replicas": replicas, **sizes,
-            })
-            log.info("wrote %s (model.keras, saved_model/, preprocessing.json, history.csv, curves.png)", run_dir)
-        else:
-            loop.cleanup_worker_files()
-        return run_dir
-    finally:
-        if handler is not None:
-            logging.getLogger("medistill").removeHandler(handler)
-            handler.close()
+        finish_run(session, loop, model, ModelCard(pre, num_classes), history,
+                   {"train_images": len(train), "val_images": len(val), **sizes})
+        return session.run_dir
