@@ -245,6 +245,7 @@ def build_weighting(name: str, term_names: Sequence[str], fixed: Mapping[str, fl
         missing = sorted(set(names) - set(given))
         if bad or missing:
             raise MedistillError(f"fixed loss weights: unknown term(s) {bad} / missing weight(s) for {missing}; "
-                                 f"give one number per term of {names}, e.g. 'bce=1,prob=1'")
+                                 f"give one number per term of {names}, e.g. --fixed-weights "
+                                 "'{\"bce\": 1, \"prob\": 1}'")
         return FixedWeighting({n: given[n] for n in names})
     raise MedistillError(f"unknown loss weighting {name!r}; choose one of {list(WEIGHTINGS)}")

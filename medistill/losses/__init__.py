@@ -32,6 +32,13 @@ from medistill.losses.segmentation import (
     soft_dice_per_example,
 )
 from medistill.losses.sikd import classwise_average, sikd_loss_per_example
+from medistill.losses.sscd import (
+    curriculum_weights,
+    entropy_hard_mask,
+    pseudo_variance,
+    pv_gated_pseudo_labels,
+    sscd_model_loss_per_example,
+)
 
 __all__ = [
     "FeatureAdapter",
@@ -44,7 +51,9 @@ __all__ = [
     "ce_dice_loss",
     "class_affinity",
     "classwise_average",
+    "curriculum_weights",
     "deep_supervision_loss_per_example",
+    "entropy_hard_mask",
     "feature_cosine_per_example",
     "feature_mse_per_example",
     "hard_dice_per_example",
@@ -53,9 +62,12 @@ __all__ = [
     "norm_temperature",
     "predicted_labels",
     "prob_mse_per_example",
+    "pseudo_variance",
+    "pv_gated_pseudo_labels",
     "segmentation_loss",
     "sikd_loss_per_example",
     "soft_bce_per_example",
     "soft_dice_per_example",
+    "sscd_model_loss_per_example",
     "temperature_distillation_per_example",
 ]

@@ -210,9 +210,13 @@ class TrainingLoop:
             if self.validate_fn is not None:
                 row.update(self.validate_fn())
             row["lr"] = _current_lr(self.checkpoint.optimizer)
-            self._end_epoch(row, epoch)
+            self._judge_epoch(row, epoch)
             history.append(row)
+            # The history first: a run killed between the two resumes from the older
+            # checkpoint and drops the newer row, instead of losing a row.
             self._write_logs(history, row, writer)
+            self.epoch.assign(epoch + 1)
+            self.manager.save(checkpoint_number=epoch + 1)
             log.info("epoch %d/%d: %s", epoch + 1, self.settings.epochs,
                      ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
             if bool(self.stopped.numpy()):
@@ -221,7 +225,8 @@ class TrainingLoop:
                 break
         return history
 
-    def _end_epoch(self, row: dict, epoch: int) -> None:
+    def _judge_epoch(self, row: dict, epoch: int) -> None:
+        """Keep the best weights and decide on early stopping."""
         monitored = row.get(self.settings.monitor)
         if monitored is None:
             monitored = -row["loss"] if self.settings.mode == "max" else row["loss"]
@@ -233,8 +238,6 @@ class TrainingLoop:
                     self.model.save_weights(str(tmp))
         elif epoch - int(self.best_epoch.numpy()) >= self.settings.patience:
             self.stopped.assign(True)
-        self.epoch.assign(epoch + 1)
-        self.manager.save(checkpoint_number=epoch + 1)
 
     def _write_logs(self, history: list[dict], row: dict, writer) -> None:
         if not self.chief:

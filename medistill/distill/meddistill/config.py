@@ -1,0 +1,136 @@
+"""The one configuration object of a MedDistill run, saved as ``RUN/config.json``.
+
+Every setting of ``meddistill.py`` lives here, preprocessing included, so that
+``config.json`` is enough to rerun the run. Rerunning the same command in the same
+folder resumes it; a change of any setting outside :data:`RESUMABLE_CHANGES` is refused.
+
+Example:
+
+>>> config = MedDistillConfig(image_dir="data/images", boxes="boxes.json", out="runs/md",
+...                           teacher="grabcut", img_size=64)
+>>> config.preprocess().size
+64
+>>> MedDistillConfig.from_dict(config.to_dict()) == config
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medistill.data.preprocess import PreprocessConfig
+from medistill.errors import MedistillError
+from medistill.train.config import RESUMABLE_CHANGES as TRAIN_RESUMABLE_CHANGES
+from medistill.train.config import TrainConfig
+
+# Besides the supervised ones (length, patience, devices, folder): the cache may move,
+# it is checked against the teacher and the boxes file by itself.
+RESUMABLE_CHANGES = set(TRAIN_RESUMABLE_CHANGES) | {"cache"}
+
+WEIGHTINGS = ("ulwr", "learned", "fixed")
+FEATURE_LOSSES = ("mse", "cosine")
+TERMS = ("bce", "prob", "feat")
+CACHE_NAME = "teacher_cache.h5"
+
+
+@dataclass
+class MedDistillConfig:
+    """Everything needed to rerun ``meddistill.py`` (see ``--help`` for each setting)."""
+
+    image_dir: str
+    boxes: str
+    out: str
+    teacher: str = "litemedsam"
+    cache: str | None = None
+    student: str = "unetpp"
+    student_options: dict[str, Any] = field(default_factory=dict)
+    img_size: int = 256
+    channels: int = 1
+    clip_percentiles: list[float] | None = None
+    epochs: int = 100
+    batch: int = 8
+    lr: float = 1e-4
+    val_fraction: float = 0.2
+    patience: int = 20
+    augment: bool = True
+    seed: int = 0
+    steps_per_epoch: int | None = None
+    weighting: str = "ulwr"
+    fixed_weights: dict[str, float] | None = None
+    feature_loss: str = "mse"
+    feature_layer: str | None = None
+    co_learn: bool = False
+    refresh_every: int = 5
+    decoder_lr: float = 1e-5
+    colearn_confidence: float = 0.9
+    skip_empty: bool = False
+    live_teacher: bool = False
+    sync_batchnorm: bool = True
+    mixed_precision: bool = False
+    cpu_replicas: int = 1
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.img_size >= 16 and self.img_size % 16 == 0, "--img-size must be a multiple of 16 (at least 16)"),
+            (self.channels in (1, 3), "--channels must be 1 or 3"),
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.batch >= 1, "--batch must be at least 1"),
+            (self.lr > 0 and self.decoder_lr > 0, "--lr and --decoder-lr must be positive"),
+            (0.0 <= self.val_fraction < 1.0, "--val-fraction must be in [0, 1)"),
+            (self.weighting in WEIGHTINGS, f"--weighting must be one of {', '.join(WEIGHTINGS)}"),
+            (self.feature_loss in FEATURE_LOSSES, f"--feature-loss must be one of {', '.join(FEATURE_LOSSES)}"),
+            (self.refresh_every >= 1, "--refresh-every must be at least 1 (epochs)"),
+            (0.5 <= self.colearn_confidence < 1.0, "--colearn-confidence must be in [0.5, 1)"),
+            (self.cpu_replicas >= 1, "--cpu-replicas must be at least 1"),
+            (self.steps_per_epoch is None or self.steps_per_epoch >= 1, "--steps-per-epoch must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise MedistillError(message)
+        self._check_weights()
+        if self.co_learn and self.live_teacher:
+            raise MedistillError("--co-learn fine-tunes the teacher's decoder from cached embeddings; "
+                                 "it cannot run with --live-teacher (drop one of them)")
+        if self.co_learn and self.teacher.partition(":")[0] != "litemedsam":
+            raise MedistillError(f"--co-learn fine-tunes LiteMedSAM's mask decoder; it needs --teacher litemedsam "
+                                 f"(or litemedsam:/path/to.pth), not {self.teacher!r}")
+
+    def _check_weights(self) -> None:
+        if self.weighting != "fixed":
+            if self.fixed_weights is not None:
+                raise MedistillError("--fixed-weights is used only with --weighting fixed")
+            return
+        weights = self.fixed_weights
+        if not isinstance(weights, dict) or not weights:
+            raise MedistillError('--weighting fixed needs --fixed-weights, e.g. \'{"bce": 1, "prob": 1, "feat": 0.5}\'')
+        unknown = sorted(set(weights) - set(TERMS))
+        if unknown:
+            raise MedistillError(f"--fixed-weights: unknown term(s) {unknown}; the terms are {', '.join(TERMS)}")
+        bad = [k for k, v in weights.items()
+               if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0]
+        if bad:
+            raise MedistillError(f"--fixed-weights: the weight(s) of {', '.join(bad)} must be numbers >= 0")
+
+    # -- derived settings -------------------------------------------------------------
+    def preprocess(self) -> PreprocessConfig:
+        """MedDistill's preprocessing: grey (or RGB), per-image min-max, SAM-style padding."""
+        clip = tuple(self.clip_percentiles) if self.clip_percentiles else None
+        return PreprocessConfig(size=self.img_size, channels=self.channels, normalisation="minmax",
+                                clip_percentiles=clip)
+
+    def cache_path(self) -> Path:
+        """``--cache``, or ``RUN/teacher_cache.h5``."""
+        return Path(self.cache) if self.cache else Path(self.out) / CACHE_NAME
+
+    # -- saving and comparing (the same rules as the supervised TrainConfig) ---------
+    to_dict = TrainConfig.to_dict
+    from_dict = classmethod(TrainConfig.from_dict.__func__)
+    load = classmethod(TrainConfig.load.__func__)
+
+    def differences(self, other: MedDistillConfig) -> list[str]:
+        """Settings that differ from ``other`` and forbid resuming its checkpoint."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs.get(k)]

@@ -1,0 +1,425 @@
+"""MedDistill's data: teacher outputs and images, brought into the student's frame.
+
+Every image of the boxes file becomes one training example in the *student frame*:
+the image preprocessed with :func:`medistill.data.preprocess_image` (MedDistill's
+preprocessing: grey, per-image min-max, longest side to ``S``, zero padding at the
+bottom and right), and the teacher's outputs mapped into the same ``S × S`` square:
+
+- the soft mask ``S`` (the teacher's pixel-wise max over the boxes, stored at the
+  original size) is resized with the image's own interpolation (area when shrinking,
+  bilinear when enlarging, pixel centres aligned), clipped to [0, 1] and zero padded
+  exactly like the image (:func:`soft_mask_to_frame`);
+- the image uncertainty σ² (mean over the boxes of each soft mask's variance) as cached;
+- the teacher's encoder features ``F_t``, when it has them, resized as a whole to the
+  grid of the chosen student feature (:func:`features_to_grid`). This is exact because
+  both frames are built the same way: the teacher (LiteMedSAM, SAM) also scales the
+  longest side to its input size and pads at the bottom and right, so its feature map
+  covers the same padded square as the student input; resizing the whole teacher map
+  onto the whole student map keeps every feature over the pixels it describes (up to
+  the rounding of the resized side, under half a pixel of either frame; the test
+  ``test_features_land_on_the_student_grid`` checks it on a hand-made map);
+- for ``--co-learn``: the cached LiteMedSAM embeddings at their own ``64 × 64``
+  resolution and the boxes in LiteMedSAM's 256 frame (scaled and truncated as the
+  teacher did), padded to ``M`` = the most boxes of any image, with a ``valid`` mask.
+
+Images without a box are negatives (all-zero soft mask, σ² = 0) unless ``skip_empty``
+drops them from the training set (the released behaviour). The train/validation split
+(:func:`split_entries`) is by source file, seeded, and made before ``skip_empty`` so the
+held-out images are the same whatever that setting. Features are kept as float16.
+
+Example::
+
+    train, val = split_entries(read_boxes("boxes.json"), "data/images", 0.2, seed=0)
+    data = load_from_cache("teacher.h5", "data/images", train, PreprocessConfig(size=64), grid=16)
+    dataset = training_dataset(data, batch=8, epoch=0, seed=0, augment=True)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from medistill.boxes.boxes_file import BoxesFile, ImageBoxes
+from medistill.data.preprocess import Geometry, PreprocessConfig, preprocess_image
+from medistill.data.samples import Sample, load_sample_image
+from medistill.distill.colearn import pad_boxes
+from medistill.errors import MedistillError
+from medistill.teachers.base import Teacher
+from medistill.teachers.litemedsam.preprocessing import IMAGE_SIZE as LITEMEDSAM_SIZE
+from medistill.teachers.litemedsam.preprocessing import scale_boxes
+from medistill.train.data_setup import split_by_source
+
+log = logging.getLogger("medistill.distill")
+
+
+# --------------------------------------------------------------------------- one image
+
+
+@dataclass
+class TeacherTargets:
+    """A teacher's outputs for one image at its original size (from the cache or live)."""
+
+    fused: np.ndarray                 # (H, W) float32 soft mask, max over the boxes
+    uncertainty: float                # σ², mean over the boxes (0 without boxes)
+    boxes: np.ndarray                 # (N, 4) float32 clipped xyxy, original pixels
+    features: np.ndarray | None       # (h, w, C) teacher features or None
+    feature_stride: int | None
+
+
+def soft_mask_to_frame(soft: np.ndarray, geometry: Geometry, size: int) -> np.ndarray:
+    """``(H, W)`` soft mask → ``(size, size)`` float32 in the student frame, padding 0.
+
+    The same resampling as the image (area when shrinking, bilinear when enlarging);
+    never nearest neighbour, so soft values stay soft.
+
+    >>> geometry = Geometry.for_size(2, 4, 8)
+    >>> soft_mask_to_frame(np.ones((2, 4), np.float32), geometry, 8).sum(axis=1).tolist()
+    [8.0, 8.0, 8.0, 8.0, 0.0, 0.0, 0.0, 0.0]
+    """
+    soft = np.asarray(soft, np.float32)
+    if soft.shape != (geometry.height, geometry.width):
+        raise MedistillError(f"soft mask of shape {soft.shape} does not match its image "
+                             f"({geometry.height}, {geometry.width}); rebuild the teacher cache")
+    interpolation = cv2.INTER_AREA if geometry.scale < 1.0 else cv2.INTER_LINEAR
+    size_hw = (geometry.resized_height, geometry.resized_width)
+    resized = soft if soft.shape == size_hw else cv2.resize(soft, size_hw[::-1], interpolation=interpolation)
+    out = np.zeros((size, size), np.float32)
+    out[: size_hw[0], : size_hw[1]] = np.clip(resized, 0.0, 1.0)
+    return out
+
+
+def features_to_grid(features: np.ndarray, grid: int) -> np.ndarray:
+    """Teacher features ``(h, w, C)`` over its padded square → ``(grid, grid, C)`` float16.
+
+    The whole map is resized (area averaging when shrinking, bilinear when enlarging,
+    pixel centres aligned), since the student's padded square is the same square.
+    """
+    features = np.asarray(features, np.float32)
+    if features.ndim != 3:
+        raise MedistillError(f"teacher features must be (h, w, C), got shape {features.shape}")
+    if features.shape[:2] == (grid, grid):
+        return features.astype(np.float16)
+    method = "area" if grid < max(features.shape[:2]) else "bilinear"
+    resized = tf.image.resize(features[None], (grid, grid), method=method)[0]
+    return np.asarray(resized, np.float32).astype(np.float16)
+
+
+def boxes_in_teacher_frame(boxes: np.ndarray, height: int, width: int,
+                           size: int = LITEMEDSAM_SIZE) -> np.ndarray:
+    """Original-pixel boxes → LiteMedSAM's ``size`` frame, scaled and truncated as the teacher did."""
+    return scale_boxes(np.asarray(boxes, np.float32).reshape(-1, 4), Geometry.for_size(height, width, size), size)
+
+
+def targets_from_output(out) -> TeacherTargets:
+    """A :class:`~medistill.teachers.base.TeacherOutput` → :class:`TeacherTargets`."""
+    return TeacherTargets(out.fused(), out.image_uncertainty(), out.boxes, out.features, out.feature_stride)
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def read_cached(handle: h5py.File, stem: str, cache_path: str | Path) -> TeacherTargets:
+    """One image's :class:`TeacherTargets` from an open teacher cache."""
+    group = handle.get(f"images/{stem}")
+    if group is None or not group.attrs.get("done", False):
+        raise MedistillError(f"{cache_path}: no finished entry for image {stem!r}; the cache was made from "
+                             "another boxes file or is unfinished (rerun to complete it, or --overwrite)")
+    stride = int(group.attrs.get("feature_stride", -1))
+    features = group["features"][()] if "features" in group else None
+    return TeacherTargets(group["fused"][()].astype(np.float32), float(group.attrs["image_uncertainty"]),
+                          group["boxes"][()].astype(np.float32).reshape(-1, 4), features,
+                          stride if stride > 0 else None)
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """The teacher's feature map: ``(h, w, C)`` and its stride in the teacher's input frame."""
+
+    shape: tuple[int, int, int]
+    stride: int
+
+    @property
+    def channels(self) -> int:
+        return self.shape[2]
+
+
+def cache_feature_info(cache_path: str | Path, stems: Sequence[str]) -> FeatureInfo | None:
+    """The features every listed image has in the cache, or None when none has any.
+
+    Raises :class:`MedistillError` when some images have features and others not, or
+    when their shapes differ.
+    """
+    shapes = set()
+    with h5py.File(cache_path, "r") as handle:
+        for stem in stems:
+            targets_group = handle.get(f"images/{stem}")
+            if targets_group is None:
+                raise MedistillError(f"{cache_path}: image {stem!r} is missing; rebuild the cache (--overwrite)")
+            has = "features" in targets_group
+            shapes.add((tuple(targets_group["features"].shape), int(targets_group.attrs["feature_stride"]))
+                       if has else None)
+    if shapes == {None}:
+        return None
+    if None in shapes or len(shapes) != 1:
+        raise MedistillError(f"{cache_path}: the images' teacher features differ in presence or shape "
+                             f"({sorted(map(str, shapes))}); rebuild the cache with one teacher (--overwrite)")
+    shape, stride = shapes.pop()
+    return FeatureInfo(tuple(int(v) for v in shape), stride)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def entry_sample(entry: ImageBoxes, image_dir: str | Path) -> Sample:
+    """The data-layer sample of a boxes-file entry (a file, or a slice of a volume)."""
+    return Sample(entry.stem, Path(image_dir) / entry.file, None, entry.slice_index)
+
+
+def read_entry_image(entry: ImageBoxes, image_dir: str | Path) -> np.ndarray:
+    """The raw image of a boxes-file entry, ``float32 (H, W, C)``."""
+    return load_sample_image(entry_sample(entry, image_dir))
+
+
+def split_entries(boxes: BoxesFile, image_dir: str | Path, val_fraction: float,
+                  seed: int) -> tuple[list[ImageBoxes], list[ImageBoxes]]:
+    """Training and validation entries: about ``val_fraction`` held out, by source file, seeded.
+
+    The entries are sorted by stem first, so the split depends only on the data.
+    """
+    entries = sorted(boxes.images, key=lambda e: e.stem)
+    samples = [entry_sample(e, image_dir) for e in entries]
+    by_stem = {e.stem: e for e in entries}
+    train, val = split_by_source(samples, val_fraction, seed)
+    return [by_stem[s.stem] for s in train], [by_stem[s.stem] for s in val]
+
+
+def drop_empty(entries: list[ImageBoxes]) -> list[ImageBoxes]:
+    """The entries with at least one box (``--skip-empty``)."""
+    kept = [e for e in entries if e.boxes]
+    if not kept:
+        raise MedistillError("every training image has no box: nothing to learn from with --skip-empty "
+                             "(check the boxes file, or drop --skip-empty to train on negatives)")
+    return kept
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+@dataclass
+class DistillData:
+    """The examples of one split, in the student frame (see the module docstring)."""
+
+    stems: list[str]
+    images: np.ndarray                          # (N, S, S, C) float32
+    geometries: list[Geometry]
+    soft: np.ndarray                            # (N, S, S) float32
+    uncertainty: np.ndarray                     # (N,) float32
+    n_boxes: np.ndarray                         # (N,) int32
+    features: np.ndarray | None = None          # (N, g, g, C) float16
+    embeddings: np.ndarray | None = None        # (N, 64, 64, 256) float16 (co-learn)
+    boxes: np.ndarray | None = None             # (N, M, 4) float32, teacher frame (co-learn)
+    valid: np.ndarray | None = None             # (N, M) bool (co-learn)
+    raw: list[np.ndarray] = field(default_factory=list)        # original images (live teacher)
+    raw_boxes: list[np.ndarray] = field(default_factory=list)  # original boxes (live teacher)
+
+    def __len__(self) -> int:
+        return len(self.stems)
+
+    @property
+    def negatives(self) -> int:
+        return int(np.sum(self.n_boxes == 0))
+
+    def content_mask(self) -> np.ndarray:
+        """``(N, S, S)`` float32: 1 over each image, 0 over its padding."""
+        size = self.images.shape[1]
+        mask = np.zeros((len(self), size, size), np.float32)
+        for i, g in enumerate(self.geometries):
+            mask[i, : g.resized_height, : g.resized_width] = 1.0
+        return mask
+
+
+def assemble(entries: Sequence[ImageBoxes], image_dir: str | Path, pre: PreprocessConfig,
+             targets: Callable[[int, np.ndarray], TeacherTargets | None], *, grid: int | None,
+             co_learn: bool = False, keep_raw: bool = False, desc: str = "distillation data") -> DistillData:
+    """Read, preprocess and bring into the student frame every entry's image and targets.
+
+    ``targets(i, image)`` gives entry ``i``'s teacher outputs (None in live-teacher mode
+    for the training set, whose targets are made at every step). ``grid`` is the side of
+    the student feature map the teacher features are resized to (None: no feature term).
+    """
+    if not entries:
+        raise MedistillError("no images to distil on: the boxes file lists none for this split")
+    images, geometries, soft, sigma2, n_boxes, feats, embeds, boxes_256 = [], [], [], [], [], [], [], []
+    raw, raw_boxes = [], []
+    for i, entry in enumerate(tqdm(entries, desc=desc, unit="image", leave=False)):
+        image = read_entry_image(entry, image_dir)
+        x, geometry = preprocess_image(image, pre)
+        images.append(x)
+        geometries.append(geometry)
+        n_boxes.append(len(entry.boxes))
+        if keep_raw:
+            raw.append(image)
+            raw_boxes.append(np.array([b.xyxy for b in entry.boxes], np.float32).reshape(-1, 4))
+        found = targets(i, image)
+        if found is None:
+            continue
+        soft.append(soft_mask_to_frame(found.fused, geometry, pre.size))
+        sigma2.append(found.uncertainty)
+        if grid is not None:
+            if found.features is None:
+                raise MedistillError(f"image {entry.stem!r} has no teacher features but others have; "
+                                     "rebuild the teacher cache (--overwrite)")
+            feats.append(features_to_grid(found.features, grid))
+        if co_learn:
+            if found.features is None:
+                raise MedistillError(f"image {entry.stem!r} has no cached embedding; --co-learn needs a "
+                                     "LiteMedSAM teacher cache (with features)")
+            embeds.append(np.asarray(found.features, np.float16))
+            boxes_256.append(boxes_in_teacher_frame(found.boxes, geometry.height, geometry.width))
+    size = pre.size
+    data = DistillData(
+        stems=[e.stem for e in entries], images=np.stack(images), geometries=geometries,
+        soft=np.stack(soft) if soft else np.zeros((len(entries), size, size), np.float32),
+        uncertainty=np.asarray(sigma2 if soft else np.zeros(len(entries)), np.float32),
+        n_boxes=np.asarray(n_boxes, np.int32), features=np.stack(feats) if feats else None,
+        raw=raw, raw_boxes=raw_boxes)
+    if co_learn:
+        data.embeddings = np.stack(embeds)
+        data.boxes, data.valid = pad_boxes(boxes_256)
+    return data
+
+
+def load_from_cache(cache_path: str | Path, image_dir: str | Path, entries: Sequence[ImageBoxes],
+                    pre: PreprocessConfig, *, grid: int | None, co_learn: bool = False,
+                    desc: str = "reading teacher cache") -> DistillData:
+    """:func:`assemble` with the targets read from the teacher cache."""
+    with h5py.File(cache_path, "r") as handle:
+        return assemble(entries, image_dir, pre, lambda i, _: read_cached(handle, entries[i].stem, cache_path),
+                        grid=grid, co_learn=co_learn, desc=desc)
+
+
+def load_live(teacher: Teacher, image_dir: str | Path, entries: Sequence[ImageBoxes],
+              pre: PreprocessConfig, *, grid: int | None, call_teacher: bool,
+              desc: str = "reading images") -> DistillData:
+    """:func:`assemble` for live-teacher mode: raw images and boxes kept in memory.
+
+    With ``call_teacher`` (the validation split) the teacher runs once per image now;
+    otherwise (the training split) the targets are made at every step by
+    :func:`live_targets`.
+    """
+    def targets(i: int, image: np.ndarray) -> TeacherTargets | None:
+        if not call_teacher:
+            return None
+        xyxy = np.array([b.xyxy for b in entries[i].boxes], np.float32).reshape(-1, 4)
+        return targets_from_output(teacher.predict(image, xyxy))
+
+    return assemble(entries, image_dir, pre, targets, grid=grid, keep_raw=True, desc=desc)
+
+
+def live_targets(teacher: Teacher, data: DistillData, index: int, size: int,
+                 grid: int | None) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """Call the teacher on training image ``index``: ``(soft (S, S), σ², features (g, g, C) | None)``."""
+    found = targets_from_output(teacher.predict(data.raw[index], data.raw_boxes[index]))
+    soft = soft_mask_to_frame(found.fused, data.geometries[index], size)
+    features = features_to_grid(found.features, grid) if grid is not None else None
+    return soft, found.uncertainty, features
+
+
+# --------------------------------------------------------------------------- tf.data
+
+
+def epoch_plan(count: int, epoch: int, seed: int, shuffle: bool, augment: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The order of the examples and their flips ``(N, 2)`` (left-right, up-down) for one epoch.
+
+    Drawn from ``(seed, epoch)`` only, so a resumed run sees exactly the epochs that an
+    uninterrupted one would, and every worker of a multi-worker run the same plan.
+    """
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    order = rng.permutation(count) if shuffle else np.arange(count)
+    flips = rng.random((count, 2)) < 0.5 if augment else np.zeros((count, 2), bool)
+    return order.astype(np.int64), flips
+
+
+def flip_maps(array: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """Flip an ``(H, W, ...)`` map left-right (``flips[0]``) and up-down (``flips[1]``)."""
+    if flips[0]:
+        array = array[:, ::-1]
+    if flips[1]:
+        array = array[::-1]
+    return np.ascontiguousarray(array)
+
+
+def element_keys(feature_shape: tuple | None, co_learn: bool) -> list[str]:
+    """The keys of one training example, in the order :func:`training_dataset` yields them."""
+    keys = ["image", "soft", "uncertainty", "flip"]
+    if feature_shape is not None:
+        keys.append("features")
+    if co_learn:
+        keys += ["embeddings", "boxes", "valid"]
+    return keys
+
+
+def training_dataset(data: DistillData, batch: int, epoch: int, seed: int, augment: bool, *,
+                     shuffle: bool = True, drop_remainder: bool = True,
+                     feature_shape: tuple[int, int, int] | None = None,
+                     live: Callable[[int], tuple] | None = None) -> tf.data.Dataset:
+    """One epoch of batches, each a dict: ``image (B, S, S, C)``, ``soft (B, S, S)``,
+    ``uncertainty (B,)``, ``flip (B, 2)`` bool; ``features (B, g, g, C)`` float16 when
+    ``feature_shape`` is ``(g, g, C)``; ``embeddings`` / ``boxes`` / ``valid`` when
+    ``data`` holds co-learn inputs.
+
+    Flips (``augment``) move the image, the soft mask and the features identically; the
+    co-learn inputs stay unflipped (the step flips the decoder's output with ``flip``).
+    ``live(index) -> (soft, σ², features)`` replaces the cached targets by a teacher call
+    (live-teacher mode). Examples are read through ``tf.numpy_function`` from the arrays
+    of ``data`` as they are when the epoch runs, so refreshed targets are seen.
+    """
+    order, flips = epoch_plan(len(data), epoch, seed, shuffle, augment)
+    keys = element_keys(feature_shape, data.embeddings is not None)
+    size, channels = data.images.shape[1], data.images.shape[3]
+    shapes = {"image": (size, size, channels), "soft": (size, size), "uncertainty": (), "flip": (2,),
+              "features": feature_shape}
+    dtypes = {"image": tf.float32, "soft": tf.float32, "uncertainty": tf.float32, "flip": tf.bool,
+              "features": tf.float16, "embeddings": tf.float16, "boxes": tf.float32, "valid": tf.bool}
+    if data.embeddings is not None:
+        shapes.update(embeddings=data.embeddings.shape[1:], boxes=data.boxes.shape[1:], valid=data.valid.shape[1:])
+
+    def load(index: np.int64, flip: np.ndarray) -> list[np.ndarray]:
+        i = int(index)
+        if live is not None:
+            soft, sigma2, features = live(i)
+        else:
+            soft, sigma2 = data.soft[i], data.uncertainty[i]
+            features = data.features[i] if data.features is not None else None
+        values = {"image": flip_maps(data.images[i], flip), "soft": flip_maps(soft, flip),
+                  "uncertainty": np.float32(sigma2), "flip": np.asarray(flip, bool)}
+        if "features" in keys:
+            values["features"] = flip_maps(features, flip)
+        if "embeddings" in keys:
+            values.update(embeddings=data.embeddings[i], boxes=data.boxes[i], valid=data.valid[i])
+        return [np.asarray(values[k], dtypes[k].as_numpy_dtype) for k in keys]
+
+    def element(index: tf.Tensor, flip: tf.Tensor) -> dict[str, tf.Tensor]:
+        values = tf.numpy_function(load, [index, flip], [dtypes[k] for k in keys], name="distill_example")
+        for key, value in zip(keys, values):
+            value.set_shape(shapes[key])
+        return dict(zip(keys, values))
+
+    parallel = 1 if live is not None else tf.data.AUTOTUNE  # a teacher is called one image at a time
+    dataset = tf.data.Dataset.from_tensor_slices((order, flips))
+    dataset = dataset.map(element, num_parallel_calls=parallel, deterministic=True)
+    return dataset.batch(batch, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+def validation_batches(data: DistillData, batch: int):
+    """``(images (b, S, S, C), soft (b, S, S))`` over a split, in order, for validation."""
+    for start in range(0, len(data), batch):
+        yield data.images[start:start + batch], data.soft[start:start + batch]

@@ -1,0 +1,522 @@
+"""The MedDistill trainer: a student learns a foundation model's box-prompted soft masks.
+
+No ground-truth mask is used. Per image the student sees its preprocessed image and
+learns, from the teacher (cached once, or called at every step with ``--live-teacher``):
+
+- mask level: ``L_bce = BCE(z, S)`` (soft targets) and ``L_prob = MSE(σ(z), S)``;
+- feature level (when the teacher has features): ``L_feat = MSE(P(F_s), resize(F_t))``
+  (or ``1 − cos``), ``F_s`` a named student feature map, ``P`` a learned 1×1 projection
+  (:class:`~medistill.distill.projection.FeatureProjection`). The default layer is the
+  student feature whose stride (input pixels per feature pixel) is closest to the
+  teacher's feature stride (LiteMedSAM: 4), a decoder feature before an encoder one at
+  equal stride (it has seen the whole encoder, as the ViT embedding has seen the whole
+  image). :func:`choose_feature_layer` says which; ``--feature-layer`` overrides it;
+- the weighting (``ulwr`` per image from σ², ``learned``, ``fixed``) combines them. Every
+  term and every weight is logged per epoch (``history.csv``, TensorBoard).
+
+``--co-learn`` fine-tunes LiteMedSAM's mask decoder on its cached embeddings with
+:func:`~medistill.distill.colearn.colearn_loss_per_example` (its own Adam,
+``--decoder-lr``); every ``--refresh-every`` K epochs, at the start of epochs K, 2K, …,
+the training targets ``S`` and σ² are recomputed from the updated decoder (padding set
+to 0 as in the cached targets). The refreshed targets are variables of the checkpoint,
+so a resumed run continues with exactly the targets it had. Validation keeps the
+original teacher's masks, so ``val_dice`` means the same thing at every epoch.
+
+Validation needs no ground truth: ``val_dice`` is the agreement Dice of the student's
+and the teacher's masks (thresholded at 0.5) on held-out images; it selects the best
+epoch and stops early. Multi-replica runs synchronise batch-norm statistics
+(``--sync-batchnorm``, on by default), so they compute what one device computes on the
+same global batch.
+
+Example::
+
+    config = MedDistillConfig(image_dir="data/images", boxes="boxes.json", out="runs/md",
+                              teacher="litemedsam", student="unetpp", img_size=256)
+    train_meddistill(config)          # RUN/student.keras, saved_model/, history.csv, …
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from medistill.distill.meddistill import data as md
+from medistill.distill.meddistill.config import MedDistillConfig
+from medistill.distill.meddistill.plots import plot_distillation
+from medistill.distill.precision import scaled_gradients, set_precision, wrap_optimizer
+from medistill.distill.projection import FeatureProjection
+from medistill.distill.session import RunSession, finish_run, open_run
+from medistill.distill.weighting import LossWeighting, build_weighting
+from medistill.distribute import worker_count
+from medistill.errors import MedistillError
+from medistill.export import ModelCard
+from medistill.losses.distillation import (
+    agreement_dice_per_example,
+    feature_cosine_per_example,
+    feature_mse_per_example,
+    prob_mse_per_example,
+    soft_bce_per_example,
+)
+from medistill.networks import build_student, feature_model, feature_names, model_summary
+from medistill.train.loop import LoopSettings, TrainingLoop
+
+log = logging.getLogger("medistill.distill")
+
+# At equal stride, which kind of student feature is preferred as the default.
+_LAYER_PREFERENCE = ("dec", "bottleneck", "enc", "penultimate")
+
+
+# --------------------------------------------------------------------------- feature layer
+
+
+def feature_strides(student: keras.Model, size: int) -> dict[str, tuple[int, int]]:
+    """``{name: (stride, channels)}`` of the student's documented features at input ``size``."""
+    names = [n for n in feature_names(student) if not n.startswith("aux")]
+    channels = int(student.inputs[0].shape[-1])
+    outputs = feature_model(student, names)(np.zeros((1, size, size, channels), np.float32), training=False)
+    return {n: (size // int(outputs[n].shape[1]), int(outputs[n].shape[-1])) for n in names}
+
+
+def choose_feature_layer(strides: dict[str, tuple[int, int]], teacher_stride: int) -> str:
+    """The feature whose stride is closest (in octaves) to ``teacher_stride``; dec > bottleneck > enc."""
+    def rank(name: str) -> tuple[float, int, str]:
+        kind = next(k for k in _LAYER_PREFERENCE if name.startswith(k))
+        distance = abs(math.log2(strides[name][0]) - math.log2(max(teacher_stride, 1)))
+        return distance, _LAYER_PREFERENCE.index(kind), name
+
+    return min(strides, key=rank)
+
+
+# --------------------------------------------------------------------------- the distiller
+
+
+@dataclass
+class StepOutput:
+    """What one forward pass of the distiller gives, per example ``(B,)``."""
+
+    logits: tf.Tensor
+    total: tf.Tensor
+    terms: dict[str, tf.Tensor]
+    weights: dict[str, tf.Tensor]
+
+
+def flip_like_batch(maps: tf.Tensor, flips: tf.Tensor) -> tf.Tensor:
+    """Flip each ``(S, S)`` map of ``(B, S, S)`` as its example was flipped (``flips (B, 2)``: lr, ud)."""
+    flips = tf.cast(flips, tf.bool)
+    maps = tf.where(flips[:, 0, None, None], tf.reverse(maps, [2]), maps)
+    return tf.where(flips[:, 1, None, None], tf.reverse(maps, [1]), maps)
+
+
+class MedDistiller:
+    """The student and what trains with it: projection, loss weighting, co-learned decoder.
+
+    ``feature_layer`` None means no feature term (a teacher without features).
+    """
+
+    def __init__(self, student: keras.Model, weighting: LossWeighting, *, feature_layer: str | None = None,
+                 projection: FeatureProjection | None = None, feature_loss: str = "mse",
+                 decoder: Any = None, colearn_confidence: float = 0.9) -> None:
+        if (feature_layer is None) != (projection is None):
+            raise ValueError("feature_layer and projection go together (both or neither)")
+        self.student = student
+        self.weighting = weighting
+        self.feature_layer = feature_layer
+        self.projection = projection
+        self.feature_fn = feature_cosine_per_example if feature_loss == "cosine" else feature_mse_per_example
+        self.decoder = decoder
+        self.colearn_confidence = colearn_confidence
+        self.forward_model = feature_model(student, [feature_layer] if feature_layer else [])
+
+    @property
+    def term_names(self) -> list[str]:
+        return ["bce", "prob"] + (["feat"] if self.feature_layer else [])
+
+    @property
+    def trainable_variables(self) -> list:
+        """Student, projection and (learned) weighting variables: what the main optimizer updates."""
+        variables = list(self.student.trainable_variables)
+        if self.projection is not None:
+            variables += self.projection.trainable_variables
+        return variables + list(self.weighting.trainable_variables)
+
+    def losses(self, batch: dict, training: bool = True) -> StepOutput:
+        """Per-example loss terms, their weights and the weighted total for one batch."""
+        outputs = self.forward_model(batch["image"], training=training)
+        logits = outputs["logits"]
+        terms = {"bce": soft_bce_per_example(batch["soft"], logits),
+                 "prob": prob_mse_per_example(batch["soft"], logits)}
+        if self.feature_layer:
+            terms["feat"] = self.feature_fn(self.projection(outputs[self.feature_layer]), batch["features"])
+        total, weights = self.weighting(terms, batch["uncertainty"])
+        return StepOutput(logits, total, terms, weights)
+
+    def colearn_per_example(self, batch: dict, logits: tf.Tensor) -> tf.Tensor:
+        """The decoder's co-learning loss ``(B,)`` (its output flipped like the student's input)."""
+        size = int(batch["soft"].shape[1])
+        _, decoder_logits = self.decoder.soft_masks(batch["embeddings"], batch["boxes"], batch["valid"],
+                                                    out_size=size, training=True)
+        student_prob = tf.sigmoid(tf.cast(logits, tf.float32))[..., 0]
+        return self.colearn_loss(flip_like_batch(decoder_logits, batch["flip"]), student_prob, batch["soft"])
+
+    def colearn_loss(self, decoder_logits, student_prob, targets):
+        from medistill.distill.colearn import colearn_loss_per_example
+
+        return colearn_loss_per_example(decoder_logits, student_prob, targets, self.colearn_confidence)
+
+
+def make_step(distiller: MedDistiller, optimizer: keras.optimizers.Optimizer, global_batch: int,
+              decoder_optimizer: keras.optimizers.Optimizer | None = None):
+    """The per-replica step: returns every term, every weight and the total, over the global batch."""
+    def average(per_example: tf.Tensor) -> tf.Tensor:
+        return tf.nn.compute_average_loss(tf.cast(per_example, tf.float32), global_batch_size=global_batch)
+
+    def step(batch: dict) -> dict:
+        with tf.GradientTape() as tape:
+            out = distiller.losses(batch, training=True)
+            loss = average(out.total)
+        variables = distiller.trainable_variables
+        grads = scaled_gradients(tape, loss, variables, optimizer)
+        optimizer.apply_gradients(zip(grads, variables))
+        report = {"loss": loss}
+        report.update({name: average(value) for name, value in out.terms.items()})
+        report.update({name if name == "penalty" else f"w_{name}": average(value)
+                       for name, value in out.weights.items()})
+        if decoder_optimizer is not None:
+            decoder_variables = distiller.decoder.trainable_variables
+            with tf.GradientTape() as decoder_tape:
+                colearn = average(distiller.colearn_per_example(batch, tf.stop_gradient(out.logits)))
+            decoder_grads = decoder_tape.gradient(colearn, decoder_variables)
+            decoder_optimizer.apply_gradients(zip(decoder_grads, decoder_variables))
+            report["colearn"] = colearn
+        return report
+
+    return step
+
+
+def make_validation(student: keras.Model, val: md.DistillData | None, batch: int):
+    """Agreement Dice (``val_dice``) and soft BCE (``val_bce``) against the teacher on held-out images."""
+    if val is None:
+        return None
+
+    @tf.function(reduce_retracing=True)
+    def scores(x, soft):
+        logits = student(x, training=False)
+        prob = tf.sigmoid(tf.cast(logits, tf.float32))
+        return (tf.reduce_sum(agreement_dice_per_example(prob, soft)),
+                tf.reduce_sum(soft_bce_per_example(soft, logits)))
+
+    def validate() -> dict:
+        dice = bce = 0.0
+        for x, soft in md.validation_batches(val, batch):
+            batch_dice, batch_bce = scores(x, soft)
+            dice, bce = dice + float(batch_dice), bce + float(batch_bce)
+        return {"val_dice": dice / len(val), "val_bce": bce / len(val)}
+
+    return validate
+
+
+# --------------------------------------------------------------------------- co-learn targets
+
+
+class RefreshedTargets(tf.Module):
+    """The co-learn training targets as checkpoint variables, mirrored into ``data``'s arrays."""
+
+    def __init__(self, data: md.DistillData) -> None:
+        super().__init__(name="colearn_targets")
+        self.data = data
+        self.soft = tf.Variable(data.soft, trainable=False, name="soft")
+        self.uncertainty = tf.Variable(data.uncertainty, trainable=False, name="uncertainty")
+        self.synced = False
+
+    def sync_from_checkpoint(self) -> None:
+        """Copy the (possibly restored) variables into the arrays the data set reads."""
+        self.data.soft[...] = self.soft.numpy()
+        self.data.uncertainty[...] = self.uncertainty.numpy()
+        self.synced = True
+
+    def refresh(self, decoder: Any, size: int) -> None:
+        from medistill.distill.colearn import refresh_targets
+
+        extents = np.array([(g.resized_height, g.resized_width) for g in self.data.geometries])
+        soft, sigma2 = refresh_targets(decoder, self.data.embeddings, self.data.boxes, self.data.valid,
+                                       out_size=size, extents=extents)
+        soft *= self.data.content_mask()  # zero padding, like the cached targets
+        self.soft.assign(soft)
+        self.uncertainty.assign(sigma2)
+        self.sync_from_checkpoint()
+
+
+# --------------------------------------------------------------------------- setting up
+
+
+def require_resumable(config: MedDistillConfig) -> None:
+    """``--resume``: refuse when ``RUN`` holds no checkpoint to resume."""
+    if config.overwrite:
+        raise MedistillError("--resume and --overwrite contradict each other; drop one")
+    if tf.train.latest_checkpoint(str(Path(config.out) / "checkpoints")) is None:
+        raise MedistillError(f"--resume: {config.out} holds no checkpoint to resume; run without --resume "
+                             "to start a new run there")
+
+
+def _barrier(session: RunSession) -> None:
+    """Wait for every worker of a multi-worker run (a one-number all-reduce)."""
+    if worker_count() <= 1:
+        return
+    strategy = session.strategy
+    one = strategy.run(tf.function(lambda: tf.constant(1.0)))
+    strategy.reduce(tf.distribute.ReduceOp.SUM, one, axis=None)
+
+
+def prepare_cache(config: MedDistillConfig, session: RunSession, teacher: Any = None) -> dict:
+    """Build or complete the teacher cache on the chief; other workers wait, then read it.
+
+    ``teacher`` is the teacher if already built (co-learn builds it first). A worker that
+    cannot see the chief's file (another machine without a shared disk) builds its own copy.
+    """
+    from medistill.teachers.cache import build_cache
+    from medistill.teachers.registry import build_teacher
+
+    path = config.cache_path()
+    summary: dict = {}
+    if session.chief:
+        summary = build_cache(teacher or build_teacher(config.teacher), config.image_dir, config.boxes, path)
+    _barrier(session)
+    if not session.chief and not path.exists():
+        summary = build_cache(teacher or build_teacher(config.teacher), config.image_dir, config.boxes, path,
+                              progress=False)
+    log.info("teacher cache %s: %s", path, summary or "built by the chief")
+    return summary
+
+
+@dataclass
+class Prepared:
+    """The data of a run and what was learned about the teacher's features."""
+
+    train: md.DistillData
+    val: md.DistillData | None
+    features: md.FeatureInfo | None
+    live: Any = None        # the live-teacher callable (live-teacher mode)
+    cache: dict | None = None
+
+
+def _feature_info_live(teacher, train_entries, image_dir) -> md.FeatureInfo | None:
+    probe = train_entries[0]
+    boxes = np.array([b.xyxy for b in probe.boxes], np.float32).reshape(-1, 4)
+    out = teacher.predict(md.read_entry_image(probe, image_dir), boxes)
+    if out.features is None:
+        return None
+    return md.FeatureInfo(tuple(int(v) for v in out.features.shape), int(out.feature_stride))
+
+
+def _entries(config: MedDistillConfig):
+    from medistill.boxes.boxes_file import read_boxes
+
+    boxes = read_boxes(config.boxes)
+    train, val = md.split_entries(boxes, config.image_dir, config.val_fraction, config.seed)
+    if config.skip_empty:
+        dropped = len(train)
+        train = md.drop_empty(train)
+        log.info("--skip-empty: %d training image(s) without a box dropped", dropped - len(train))
+    return train, val
+
+
+class LiveTeacher:
+    """Live-teacher mode: ``live(i)`` calls the teacher on training image ``i`` (counts the calls)."""
+
+    def __init__(self, teacher, data: md.DistillData, size: int, grid: int | None) -> None:
+        self.teacher, self.data, self.size, self.grid = teacher, data, size, grid
+        self.calls = 0
+
+    def __call__(self, index: int):
+        self.calls += 1
+        return md.live_targets(self.teacher, self.data, index, self.size, self.grid)
+
+
+def prepare_data(config: MedDistillConfig, session: RunSession, grid_for, teacher: Any = None) -> Prepared:
+    """Read the split's images and targets; ``grid_for(info)`` gives the student feature grid."""
+    train_entries, val_entries = _entries(config)
+    pre = config.preprocess()
+    if config.live_teacher:
+        from medistill.teachers.registry import build_teacher
+
+        teacher = build_teacher(config.teacher)
+        info = _feature_info_live(teacher, train_entries, config.image_dir)
+        grid = grid_for(info)
+        train = md.load_live(teacher, config.image_dir, train_entries, pre, grid=grid, call_teacher=False)
+        val = (md.load_live(teacher, config.image_dir, val_entries, pre, grid=None, call_teacher=True,
+                            desc="teacher on validation images") if val_entries else None)
+        return Prepared(train, val, info, live=LiveTeacher(teacher, train, pre.size, grid))
+    cache = prepare_cache(config, session, teacher)
+    path = config.cache_path()
+    info = md.cache_feature_info(path, [e.stem for e in train_entries + val_entries])
+    if config.co_learn and (info is None or info.channels != 256):
+        raise MedistillError(f"{path}: --co-learn needs LiteMedSAM's cached (64, 64, 256) embeddings, the cache "
+                             f"has {'no features' if info is None else info.shape}; build it with --teacher litemedsam")
+    grid = grid_for(info)
+    train = md.load_from_cache(path, config.image_dir, train_entries, pre, grid=grid, co_learn=config.co_learn)
+    val = (md.load_from_cache(path, config.image_dir, val_entries, pre, grid=None, desc="validation images")
+           if val_entries else None)
+    return Prepared(train, val, info, cache=cache)
+
+
+def _sync_batchnorm(student: keras.Model, on: bool) -> int:
+    """Turn cross-replica batch-norm statistics on or off; returns the number of layers."""
+    layers = [layer for layer in student._flatten_layers()  # every nested layer (Keras has no public walk)
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.synchronized = on
+    return len(layers)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def train_meddistill(config: MedDistillConfig, *, require_resume: bool = False) -> Path:
+    """Distil, resume when ``config.out`` holds a compatible run, export; return the run folder."""
+    if require_resume:
+        require_resumable(config)
+    previous_policy = keras.mixed_precision.global_policy().name
+    with open_run(config, MedDistillConfig, cpu_replicas=config.cpu_replicas) as session:
+        try:
+            return _train(config, session)
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def build_distiller(config: MedDistillConfig, session: RunSession, student: keras.Model, decoder: Any,
+                    chosen: dict, features: md.FeatureInfo | None, policy: str):
+    """The distiller (projection, weighting) and its optimizers, built in the strategy's scope."""
+    # Building or calling a teacher draws random numbers (tiny-sam even reseeds), and only
+    # the chief may build one: reseed so every worker and every resume starts the same.
+    keras.utils.set_random_seed(config.seed + 1)
+    with session.scope():
+        projection = None
+        if chosen:
+            grid = config.img_size // chosen["stride"]
+            projection = FeatureProjection(features.channels, name="feature_projection")
+            projection.build((None, grid, grid, chosen["channels"]))
+        term_names = ["bce", "prob"] + (["feat"] if chosen else [])
+        weighting = build_weighting(config.weighting, term_names, config.fixed_weights)
+        distiller = MedDistiller(student, weighting, feature_layer=chosen.get("layer"), projection=projection,
+                                 feature_loss=config.feature_loss, decoder=decoder,
+                                 colearn_confidence=config.colearn_confidence)
+        optimizer = wrap_optimizer(keras.optimizers.Adam(config.lr), policy)
+        optimizer.build(distiller.trainable_variables)
+        decoder_optimizer = None
+        if decoder is not None:
+            decoder_optimizer = keras.optimizers.Adam(config.decoder_lr)
+            decoder_optimizer.build(decoder.trainable_variables)
+    return distiller, optimizer, decoder_optimizer
+
+
+def run_summary(config: MedDistillConfig, prepared: Prepared, chosen: dict, policy: str, **numbers: Any) -> dict:
+    """What ``summary.json`` records about a run besides the loop's own numbers."""
+    features = prepared.features
+    return {
+        "teacher": config.teacher, "cache": None if config.live_teacher else str(config.cache_path()),
+        "live_teacher": config.live_teacher, "train_images": len(prepared.train),
+        "negatives": prepared.train.negatives, "val_images": 0 if prepared.val is None else len(prepared.val),
+        "weighting": config.weighting, "feature_layer": chosen.get("layer"), "feature_stride": chosen.get("stride"),
+        "teacher_feature_shape": list(features.shape) if features else None,
+        "teacher_feature_stride": features.stride if features else None, "co_learn": config.co_learn,
+        "precision": policy, "preprocess": config.preprocess().to_dict(),
+        "teacher_calls": prepared.live.calls if prepared.live else None, "cache_build": prepared.cache,
+        **{k: round(v, 3) if isinstance(v, float) else v for k, v in numbers.items()},
+    }
+
+
+def _train(config: MedDistillConfig, session: RunSession) -> Path:
+    started = time.perf_counter()
+    pre = config.preprocess()
+    teacher = decoder = None
+    if config.co_learn:  # LiteMedSAM, its variables mirrored: its mask decoder trains
+        from medistill.distill.colearn import DecoderTeacher
+        from medistill.teachers.registry import build_teacher
+
+        with session.scope():
+            teacher = build_teacher(config.teacher)
+            decoder = DecoderTeacher(teacher.model)
+    policy = set_precision(config.mixed_precision)
+    keras.utils.set_random_seed(config.seed)  # same seed, same initial weights
+    with session.scope():
+        student = build_student(config.student, in_channels=config.channels, num_classes=1,
+                                **config.student_options)
+    strides = feature_strides(student, config.img_size)
+    chosen: dict[str, Any] = {}
+
+    def grid_for(info: md.FeatureInfo | None) -> int | None:
+        if info is None:
+            log.info("the teacher has no features: no feature term")
+            return None
+        layer = config.feature_layer or choose_feature_layer(strides, info.stride)
+        if layer not in strides:
+            raise MedistillError(f"--feature-layer {layer!r} is not a feature of {config.student}; "
+                                 f"choose one of {', '.join(strides)}")
+        chosen.update(layer=layer, stride=strides[layer][0], channels=strides[layer][1])
+        log.info("feature term: student %s (stride %d, %d channels) against the teacher's %s features "
+                 "(stride %d), projected by a 1x1 convolution", layer, strides[layer][0], strides[layer][1],
+                 "x".join(map(str, info.shape)), info.stride)
+        return config.img_size // strides[layer][0]
+
+    prepared = prepare_data(config, session, grid_for, teacher)
+    train, val = prepared.train, prepared.val
+    setup_seconds = time.perf_counter() - started
+    batch = session.global_batch(config.batch, len(train))
+    steps = max(1, len(train) // batch)
+    if config.steps_per_epoch:
+        steps = min(steps, config.steps_per_epoch)
+    log.info("data: %d training image(s) (%d negative), %d validation image(s)", len(train), train.negatives,
+             0 if val is None else len(val))
+    grid = config.img_size // chosen["stride"] if chosen else None
+    feature_shape = (grid, grid, prepared.features.channels) if chosen else None
+    distiller, optimizer, decoder_optimizer = build_distiller(config, session, student, decoder, chosen,
+                                                              prepared.features, policy)
+    if session.replicas > 1 and config.sync_batchnorm:
+        _sync_batchnorm(student, True)
+    sizes = model_summary(student, (config.img_size, config.img_size, config.channels))
+    log.info("student %s: %s parameters, %.2f GFLOPs per image at %d px", config.student,
+             f"{sizes['params']:,}", sizes["flops"] / 1e9, config.img_size)
+
+    trackables: dict[str, Any] = {"weighting": distiller.weighting}
+    if distiller.projection is not None:
+        trackables["projection"] = distiller.projection
+    targets = None
+    if decoder is not None:
+        targets = RefreshedTargets(train)
+        trackables.update(decoder.trackables(), decoder_optimizer=decoder_optimizer, colearn_targets=targets)
+
+    def make_dataset(epoch: int) -> tf.data.Dataset:
+        if targets is not None:
+            if not targets.synced:
+                targets.sync_from_checkpoint()
+            if epoch > 0 and epoch % config.refresh_every == 0:
+                log.info("co-learn: refreshing the training targets from the updated decoder (epoch %d)", epoch + 1)
+                targets.refresh(decoder, config.img_size)
+        return md.training_dataset(train, batch, epoch, config.seed, config.augment,
+                                   feature_shape=feature_shape, live=prepared.live)
+
+    settings = LoopSettings(epochs=config.epochs, patience=config.patience,
+                            monitor="val_dice" if val is not None else "loss",
+                            mode="max" if val is not None else "min", steps_per_epoch=steps)
+    loop = TrainingLoop(session.strategy, session.run_dir, student, optimizer,
+                        make_step(distiller, optimizer, batch, decoder_optimizer),
+                        make_validation(student, val, batch), settings, extra_trackables=trackables)
+    train_started = time.perf_counter()
+    history = loop.fit(make_dataset)
+    train_seconds = time.perf_counter() - train_started
+    _sync_batchnorm(student, False)  # the exported student carries no distribution setting
+    if session.chief and history:
+        plot_distillation(history, session.run_dir / "loss_terms.png")
+    summary = run_summary(config, prepared, chosen, policy, global_batch=batch, steps_per_epoch=steps,
+                          setup_seconds=setup_seconds, train_seconds=train_seconds)
+    finish_run(session, loop, student, ModelCard(pre, 2), history, summary, keras_name="student.keras")
+    return session.run_dir
+
