@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -131,14 +132,16 @@ def test_resume_after_kill_keeps_finished_epochs(phantoms, tmp_path):
     finally:
         process.wait()
     before = pd.read_csv(run / "history.csv")
-    done = len(before)
-    assert done < 4
+    assert len(before) < 4
     result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert f"{done} epoch(s) already done" in result.stderr
+    # history.csv is written just before the epoch's checkpoint: a kill between the two
+    # loses that one epoch (it is trained again), never more.
+    done = int(re.search(r"(\d+) epoch\(s\) already done", result.stderr).group(1))
+    assert len(before) - 1 <= done <= len(before)
     after = pd.read_csv(run / "history.csv")
     assert after["epoch"].tolist() == [1, 2, 3, 4]
-    pd.testing.assert_frame_equal(after.iloc[:done].reset_index(drop=True), before)
+    pd.testing.assert_frame_equal(after.iloc[:done].reset_index(drop=True), before.iloc[:done])
     assert (run / "model.keras").exists()
 
 
