@@ -12,6 +12,7 @@ MODULES = [
     "medistill.boxes.components",
     "medistill.boxes.metrics",
     "medistill.boxes.oracle",
+    "medistill.boxes.scoring",
     "medistill.boxes.yolo_dataset",
     "medistill.distill.meddistill.config",
     "medistill.distill.meddistill.data",

@@ -25,6 +25,8 @@ COMMANDS = {
     "meddistill": ("medistill.cli.meddistill",
                    "distil a box-prompted foundation model into a prompt-free student, no masks (= meddistill.py)"),
     "distill": ("medistill.cli.distill", "supervised / semi-supervised distillation: KAMSD, CAKD+MSKD, SIKD, SSCD"),
+    "report": ("medistill.cli.report",
+               "the pipeline's summary table (box recall, teacher and student Dice) and the detector's threshold"),
 }
 
 

@@ -1,0 +1,136 @@
+"""``medistill report``: the whole pipeline's summary table; the detector's threshold.
+
+Subcommands::
+
+    # the detector's score threshold, chosen on labelled validation images
+    python -m medistill report conf --boxes val_boxes.json --mask_dir data/labelled/masks --out conf.txt
+
+    # one table: box recall, teacher Dice, distilled and supervised student Dice
+    python -m medistill report table --mask_dir data/test/masks --boxes boxes/test.json \\
+        --teacher-cache runs/teacher_test.h5 --student-eval eval/student \\
+        --supervised-eval eval/supervised --timings demo_out/steps --out demo_out
+
+Nothing here imports TensorFlow or torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from medistill.errors import MedistillError
+
+SUBCOMMANDS = {
+    "table": "one table of box recall, teacher Dice and student Dice on test images with masks",
+    "conf": "choose the detector's score threshold (best box F1) on labelled images",
+}
+
+
+def _mask_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mask_dir", "--mask-dir", required=True, help="ground-truth masks, named by image stem")
+    parser.add_argument("--image_dir", "--image-dir",
+                        help="the images (optional; needed with --mask-suffix)")
+    parser.add_argument("--mask-suffix", default="", help="mask stem = image stem + this (needs --image_dir)")
+    parser.add_argument("--mask-mode", default="auto", choices=("auto", "binary", "labels"))
+    parser.add_argument("--min-area", type=int, default=1,
+                        help="ground-truth boxes: drop components smaller than this (as Creat_yolodata.py)")
+
+
+def _table_arguments(parser: argparse.ArgumentParser) -> None:
+    _mask_arguments(parser)
+    parser.add_argument("--boxes", help="the detector's boxes file of the test images")
+    parser.add_argument("--teacher-cache", help="teacher cache (HDF5) of the test images, from `medistill teach`")
+    parser.add_argument("--threshold", type=float, default=0.5, help="on the teacher's soft masks (default 0.5)")
+    parser.add_argument("--student-eval", help="predict_eval.py --vis_dir of the distilled student")
+    parser.add_argument("--supervised-eval", help="predict_eval.py --vis_dir of the supervised student")
+    parser.add_argument("--timings", help="folder of step records (make demo's steps/) to print too")
+    parser.add_argument("--out", help="write pipeline_report.md, .csv and .json into this folder")
+
+
+def _conf_arguments(parser: argparse.ArgumentParser) -> None:
+    _mask_arguments(parser)
+    parser.add_argument("--boxes", required=True,
+                        help="boxes file of labelled images predicted with a low --conf (e.g. 0.05)")
+    parser.add_argument("--candidates", type=float, nargs="+",
+                        help="thresholds to try (default 0.05, 0.10, ..., 0.90)")
+    parser.add_argument("--out", help="write the chosen threshold (a bare number) to this file")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    options = {"table": _table_arguments, "conf": _conf_arguments}
+    sub = parser.add_subparsers(dest="report_command", metavar="SUBCOMMAND", required=True)
+    for name, summary in SUBCOMMANDS.items():
+        options[name](sub.add_parser(name, help=summary, description=summary))
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"table": _table, "conf": _conf}[args.report_command](args)
+
+
+def _masks(args: argparse.Namespace):
+    from medistill.evaluate.pipeline_report import load_masks
+
+    return load_masks(args.mask_dir, args.image_dir, args.mask_suffix, args.mask_mode)
+
+
+def _table(args: argparse.Namespace) -> int:
+    from medistill.boxes.boxes_file import read_boxes
+    from medistill.evaluate import pipeline_report as report
+
+    if not 0.0 < args.threshold < 1.0:
+        raise MedistillError(f"--threshold is a probability in (0, 1), got {args.threshold}")
+    if not (args.boxes or args.teacher_cache or args.student_eval or args.supervised_eval):
+        raise MedistillError("nothing to report: give --boxes, --teacher-cache, --student-eval "
+                             "and/or --supervised-eval")
+    masks = _masks(args)
+    rows = []
+    if args.boxes:
+        boxes = read_boxes(args.boxes)
+        rows.append(report.box_recall_row("detector boxes", boxes, masks, min_area=args.min_area))
+    if args.teacher_cache:
+        rows.append(report.teacher_row(f"teacher ({_teacher_name(args.teacher_cache)}) on detector boxes",
+                                       args.teacher_cache, masks, args.threshold))
+    if args.student_eval:
+        rows.append(report.evaluation_row("distilled student (no masks)", args.student_eval))
+    if args.supervised_eval:
+        rows.append(report.evaluation_row("supervised student (upper bound)", args.supervised_eval))
+    times = report.read_step_times(args.timings) if args.timings else []
+    print(f"\nPipeline on {len(masks)} held-out images with ground truth:\n")
+    print(report.format_text(rows))
+    if times:
+        print("\nStep wall times:\n")
+        print(report.format_timings(times))
+    if args.out:
+        paths = report.write_outputs(rows, args.out, times)
+        print(f"\nreport: {paths['md']} (also .csv, .json)")
+    return 0
+
+
+def _teacher_name(cache_path: str) -> str:
+    import h5py
+
+    try:
+        with h5py.File(cache_path, "r") as handle:
+            name = handle.attrs.get("teacher", "teacher")
+    except OSError as error:
+        raise MedistillError(f"the teacher cache {cache_path} cannot be read ({error}); build it with "
+                             "`python -m medistill teach`") from error
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _conf(args: argparse.Namespace) -> int:
+    from medistill.boxes.boxes_file import read_boxes
+    from medistill.boxes.scoring import (DEFAULT_CONFIDENCES, best_point, confidence_curve, format_curve,
+                                         truth_boxes)
+    from medistill.fileio import write_text_atomic
+
+    boxes = read_boxes(args.boxes)
+    truth = truth_boxes(_masks(args), min_area=args.min_area)
+    candidates = args.candidates or DEFAULT_CONFIDENCES
+    points = confidence_curve(boxes, truth, candidates)
+    best = best_point(points)
+    print(format_curve(points, chosen=best.conf))
+    print(f"chosen conf {best.conf:g}: box recall {best.recall:.3f}, precision {best.precision:.3f}, "
+          f"F1 {best.f1:.3f} on {len(boxes.images)} images")
+    if args.out:
+        write_text_atomic(args.out, f"{best.conf:g}\n")
+    return 0
