@@ -113,8 +113,9 @@ class CommandLog:
         Raises:
             RuntimeError: when the command fails, with the end of its output.
         """
-        self.lines.append(self.shown(arguments))
-        print(f"$ {self.lines[-1]}", flush=True)
+        shown = self.shown(arguments)  # not self.lines[-1]: other threads may append meanwhile
+        self.lines.append(shown)
+        print(f"$ {shown}", flush=True)
         log_file.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         with open(log_file, "w", encoding="utf-8") as log:
@@ -123,7 +124,7 @@ class CommandLog:
         seconds = time.perf_counter() - start
         if done.returncode != 0:
             tail = log_file.read_text(encoding="utf-8", errors="replace")[-3000:]
-            raise RuntimeError(f"command failed (exit {done.returncode}): {self.lines[-1]}\n{tail}")
+            raise RuntimeError(f"command failed (exit {done.returncode}): {shown}\n{tail}")
         return seconds
 
 
@@ -286,3 +287,20 @@ def copy_pairs(source: Path, stems: Sequence[str], target: Path) -> None:
 def exported_stems(folder: Path) -> list[str]:
     """Sorted stems of an exported source folder."""
     return sorted(path.stem for path in (folder / "images").glob("*.png"))
+
+
+def slice_index(stem: str) -> int:
+    """The slice number of an exported volume slice, ``<name>_z<index>``."""
+    match = re.search(r"_z(\d+)$", stem)
+    if match is None:
+        raise ValueError(f"{stem!r} is not a slice stem (<name>_z<index>)")
+    return int(match.group(1))
+
+
+def mean_std(summary: dict, digits: int) -> str:
+    """``mean ± std (n = N)`` of one metric of a ``predict_eval.py`` summary (``–`` when undefined)."""
+    mean, std, n = summary.get("mean"), summary.get("std"), summary.get("n", 0)
+    if mean is None or mean != mean:  # absent or NaN
+        return f"– (n = {n})"
+    spread = f" ± {std:.{digits}f}" if std is not None and std == std else ""
+    return f"{mean:.{digits}f}{spread} (n = {n})"

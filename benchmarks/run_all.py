@@ -17,10 +17,11 @@ from common import argument_parser, load_average, markdown_table, publish
 
 SCRIPTS = (
     "bench_pipeline.py", "bench_students.py", "bench_supervised.py", "bench_detector.py", "bench_teachers.py",
+    "bench_meddistill.py", "bench_recipes.py",
 )
 SECTION_KEY = "run_all"
 SECTION_TITLE = "Whole run (`make bench`)"
-TARGET_MINUTES = 60
+TARGET_MINUTES = 150
 
 
 def passed_through(quick: bool, results: object) -> list[str]:

@@ -337,3 +337,32 @@ def test_co_learning_trains_the_decoder_and_checkpoints_refreshed_targets(phanto
     tf.train.Checkpoint(**original.trackables()).restore(latest).expect_partial()
     after = [v.numpy() for v in original.trainable_variables]
     assert any(not np.array_equal(a, b) for a, b in zip(before, after))  # the decoder learned
+
+
+def test_validation_ignores_images_both_leave_empty():
+    """A student that predicts nothing scores 0, not the share of negative images."""
+    import keras
+    import numpy as np
+
+    from medistill.distill.meddistill import data as md
+    from medistill.distill.meddistill.trainer import make_validation
+
+    size = 8
+    soft = np.zeros((4, size, size), np.float32)
+    soft[0, 2:5, 2:5] = 0.9                                  # two positives, two negatives
+    soft[1, 1:4, 3:7] = 0.8
+    images = np.zeros((4, size, size, 1), np.float32)
+    data = md.DistillData(stems=list("abcd"), images=images, geometries=[], soft=soft,
+                          uncertainty=np.zeros(4, np.float32), n_boxes=np.array([1, 1, 0, 0], np.int32))
+
+    def constant_student(logit: float) -> keras.Model:
+        inputs = keras.Input((size, size, 1))
+        outputs = keras.layers.Lambda(lambda x: x * 0.0 + logit)(inputs)
+        return keras.Model(inputs, outputs)
+
+    empty = make_validation(constant_student(-10.0), data, batch=3)()
+    assert empty["val_dice"] == 0.0
+    full = make_validation(constant_student(10.0), data, batch=3)()
+    # Dice on the positives: 2·9/(64+9) and 2·12/(64+12); 0 on both negatives.
+    expected = (2 * 9 / 73 + 2 * 12 / 76) / 4
+    np.testing.assert_allclose(full["val_dice"], expected, rtol=1e-5)

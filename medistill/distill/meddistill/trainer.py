@@ -202,23 +202,36 @@ def make_step(distiller: MedDistiller, optimizer: keras.optimizers.Optimizer, gl
 
 
 def make_validation(student: keras.Model, val: md.DistillData | None, batch: int):
-    """Agreement Dice (``val_dice``) and soft BCE (``val_bce``) against the teacher on held-out images."""
+    """Agreement Dice (``val_dice``) and soft BCE (``val_bce``) against the teacher on held-out images.
+
+    ``val_dice`` averages over the images where the student or the teacher finds something:
+    an image that both leave empty says nothing about segmentation, and counting it as 1
+    made a student that predicts nothing look half right (it then won checkpoint
+    selection on sets with many negatives). A student that marks a negative image is
+    still penalised (Dice 0 there). With no such image at all, ``val_dice`` is 1.
+    """
     if val is None:
         return None
 
     @tf.function(reduce_retracing=True)
     def scores(x, soft):
         logits = student(x, training=False)
-        prob = tf.sigmoid(tf.cast(logits, tf.float32))
-        return (tf.reduce_sum(agreement_dice_per_example(prob, soft)),
+        prob = tf.sigmoid(tf.cast(logits, tf.float32))[..., 0]
+        target = tf.cast(soft, tf.float32)
+        if target.shape.rank == 4:
+            target = target[..., 0]
+        found = tf.logical_or(tf.reduce_any(prob > 0.5, axis=[1, 2]), tf.reduce_any(target > 0.5, axis=[1, 2]))
+        found = tf.cast(found, tf.float32)
+        dice = agreement_dice_per_example(prob, target)
+        return (tf.reduce_sum(dice * found), tf.reduce_sum(found),
                 tf.reduce_sum(soft_bce_per_example(soft, logits)))
 
     def validate() -> dict:
-        dice = bce = 0.0
+        dice = informative = bce = 0.0
         for x, soft in md.validation_batches(val, batch):
-            batch_dice, batch_bce = scores(x, soft)
-            dice, bce = dice + float(batch_dice), bce + float(batch_bce)
-        return {"val_dice": dice / len(val), "val_bce": bce / len(val)}
+            batch_dice, batch_found, batch_bce = scores(x, soft)
+            dice, informative, bce = dice + float(batch_dice), informative + float(batch_found), bce + float(batch_bce)
+        return {"val_dice": dice / informative if informative else 1.0, "val_bce": bce / len(val)}
 
     return validate
 
