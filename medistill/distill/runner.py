@@ -1,0 +1,196 @@
+"""``distill(config)``: one distillation run of any recipe, from data folder to export.
+
+Order: (1) when ``--train-teacher`` is given, the run folder is claimed and the teacher
+is trained (or reused) in ``RUN/teacher/`` by a child process with its own strategy; (2) the run opens
+(:func:`medistill.distill.session.open_run`: strategy, ``config.json``, log); (3) data
+as the supervised trainer reads it; (4) inside the strategy's scope the teacher is
+loaded and frozen and the recipe builds its networks and optimiser; (5)
+:class:`~medistill.train.loop.TrainingLoop` trains, validating the student's Dice, and
+checkpoints every epoch (the same command resumes after a kill); (6)
+:func:`~medistill.distill.session.finish_run` exports the student like the supervised
+trainer does.
+
+The teacher is trained in a child process because TensorFlow does not support two
+``MultiWorkerMirroredStrategy`` objects in one process (an earlier one fails once a
+newer one exists, and workers can hang in the newer one's first all-reduce). Several
+workers need ``RUN`` (and ``--teacher-model``) on a shared file system: they read the
+teacher the chief wrote.
+
+Example::
+
+    from medistill.distill.config import DistillConfig
+    distill(DistillConfig(data="phantoms", out="runs/kamsd", recipe="kamsd",
+                          train_teacher="unet", teacher_epochs=20, epochs=20))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from medistill.data import AugmentConfig, make_dataset
+from medistill.distill.config import DistillConfig
+from medistill.distill.precision import FULL, set_precision
+from medistill.distill.recipes import get_recipe
+from medistill.distill.recipes.base import Recipe, RecipeContext
+from medistill.distill.session import finish_run, open_run
+from medistill.distill.teacher import check_teacher, load_teacher, train_teacher_in_child
+from medistill.errors import MedistillError
+from medistill.export import ModelCard
+from medistill.networks import model_summary
+from medistill.train.config import TrainConfig
+from medistill.train.data_setup import count_classes, training_samples
+from medistill.train.loop import LoopSettings, TrainingLoop
+from medistill.train.run_folder import prepare_run_folder
+from medistill.train.supervised import preprocess_config, validation_fn
+
+log = logging.getLogger("medistill.distill")
+
+COLLECTIVE_KEY_STRIDE = 10_000  # collective group keys one strategy may use
+
+
+def distill(config: DistillConfig) -> Path:
+    """Run the recipe of ``config`` (training its teacher first if asked); return the run folder."""
+    recipe_cls = get_recipe(config.recipe)
+    recipe_cls.resolve_options(config.recipe_options)  # fail before any training
+    teacher_path: str | Path | None = config.teacher_model
+    if config.train_teacher:
+        if _chief_by_tf_config():
+            prepare_run_folder(config, DistillConfig)  # claims RUN (or refuses it) first
+        config = dataclasses.replace(config, overwrite=False)  # RUN/teacher must survive
+        teacher_path = train_teacher_in_child(config)
+    if recipe_cls.needs_teacher and not teacher_path:
+        raise MedistillError(f"recipe {config.recipe!r} needs a teacher: pass --teacher-model PATH "
+                             "(a run folder or .keras file) or --train-teacher NAME")
+    return run_recipe(config, DistillConfig, recipe_cls, teacher_path)
+
+
+def run_recipe(config: TrainConfig, config_cls: type, recipe_cls: type[Recipe],
+               teacher_path: str | Path | None) -> Path:
+    """Train ``recipe_cls`` as configured into ``config.out`` (the steps of the module docstring)."""
+    policy = set_precision(bool(getattr(config, "mixed_precision", False)))
+    _new_collective_keys()
+    try:
+        with open_run(config, config_cls, cpu_replicas=config.cpu_replicas) as session:
+            strategy = session.strategy
+            _barrier(strategy)  # a worker's teacher may be the one its chief has just written
+            train, val, num_classes = _samples(config)
+            pre = preprocess_config(config)
+            batch = session.global_batch(config.batch, len(train))
+            steps = max(1, len(train) // batch)
+            if config.steps_per_epoch:
+                steps = min(steps, config.steps_per_epoch)
+            with session.scope():
+                teacher = load_teacher(teacher_path) if teacher_path else None
+            context = RecipeContext(
+                config=config, num_classes=num_classes, train_samples=train, preprocess=pre,
+                augment=AugmentConfig() if config.augment else None, global_batch=batch,
+                steps_per_epoch=steps, strategy=strategy, teacher=teacher, policy=policy)
+            if teacher is not None:
+                check_teacher(teacher, config.channels, context.outputs)
+            keras.utils.set_random_seed(config.seed)  # same seed, same initial weights
+            with session.scope():
+                recipe = recipe_cls(context)
+                recipe.build()
+            check_frozen(recipe)
+            sizes = model_summary(recipe.student, (config.img_size, config.img_size, config.channels))
+            log.info("recipe %s: student %s with %s parameters, %.2f GFLOPs per image at %d px",
+                     recipe.name or recipe_cls.__name__, config.student, f"{sizes['params']:,}",
+                     sizes["flops"] / 1e9, config.img_size)
+
+            val_data = None
+            if val:
+                val_data = recipe.validation_batches(make_dataset(
+                    val, pre, num_classes=num_classes, batch_size=max(1, config.batch), shuffle=False,
+                    augment=None, seed=config.seed, mask_mode=config.mask_mode))
+            train_data = recipe.train_dataset()
+            settings = LoopSettings(epochs=config.epochs, patience=config.patience,
+                                    monitor="val_dice" if val else "loss", mode="max" if val else "min",
+                                    steps_per_epoch=steps)
+            loop = TrainingLoop(strategy, session.run_dir, recipe.student, recipe.optimizer, recipe.step,
+                                validation_fn(recipe.student, val_data, num_classes), settings,
+                                extra_trackables=recipe.trackables())
+            history = loop.fit(lambda epoch: train_data)
+            # The chief has written best.weights.h5 by now; every worker loads it in
+            # finish_run, so all end with the chief's weights (batch-norm statistics,
+            # which each worker keeps from its own batches, included).
+            _barrier(strategy)
+            summary: dict[str, Any] = {
+                "recipe": recipe.name or recipe_cls.__name__, "student": config.student,
+                "train_images": len(train), "val_images": len(val), **sizes,
+                **({"teacher": str(teacher_path), "teacher_params": int(teacher.count_params())}
+                   if teacher is not None else {}),
+                **recipe.summary(),
+            }
+            finish_run(session, loop, recipe.student, ModelCard(pre, num_classes), history, summary)
+            return session.run_dir
+    finally:
+        if policy != FULL:
+            keras.mixed_precision.set_global_policy(FULL)
+
+
+def _samples(config: TrainConfig) -> tuple[list, list, int]:
+    """Training and validation samples as the supervised trainer reads them, and the class count."""
+    train, val = training_samples(config.data, mask_suffix=config.mask_suffix, mask_mode=config.mask_mode,
+                                  val_fraction=config.val_fraction, seed=config.seed, skip_bad=config.skip_bad)
+    return train, val, config.num_classes or count_classes(train + val, config.mask_mode)
+
+
+def check_frozen(recipe: Recipe) -> None:
+    """Raise when a teacher variable is among the recipe's trainable variables."""
+    teacher = recipe.context.teacher
+    if teacher is None:
+        return
+    frozen = {id(v) for v in teacher.variables}
+    leaked = [v.path for v in recipe.trainable if id(v) in frozen]
+    if leaked or teacher.trainable_variables:
+        raise MedistillError(f"recipe {recipe.name!r} would train the teacher ({leaked[:3]}…); "
+                             "teachers must stay frozen")
+
+
+def _new_collective_keys() -> None:
+    """Give the next strategy of this process collective keys no earlier strategy used.
+
+    Every ``MirroredStrategy`` (over CPUs) and ``MultiWorkerMirroredStrategy`` numbers
+    its all-reduces from the same class-level key base, so a second strategy in one
+    process (the student run after the teacher run) reuses the first one's keys and the
+    runtime rejects its all-reduces ("Shape mismatch in the collective instance 100")
+    as soon as the two models differ. Every worker runs the same sequence of runs, so
+    the keys stay equal across workers.
+    """
+    for strategy_cls in (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy):
+        strategy_cls._collective_key_base += COLLECTIVE_KEY_STRIDE
+
+
+def _barrier(strategy: tf.distribute.Strategy) -> None:
+    """Block until every worker gets here (an all-reduce); a no-op on one worker."""
+    if getattr(strategy, "cluster_resolver", None) is None:
+        return
+    @tf.function
+    def all_reduce_one():
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+    all_reduce_one()
+
+
+def _chief_by_tf_config() -> bool:
+    """Whether this process is the chief, read from ``TF_CONFIG`` (before any strategy exists)."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return True
+    try:
+        spec = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise MedistillError(f"TF_CONFIG is not valid JSON: {error}") from error
+    task = spec.get("task", {})
+    kind, index = task.get("type"), int(task.get("index", 0))
+    if kind == "chief":
+        return True
+    return kind in (None, "worker") and index == 0 and "chief" not in spec.get("cluster", {})
