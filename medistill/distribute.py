@@ -77,3 +77,36 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 def describe(strategy: tf.distribute.Strategy) -> str:
     """A one-line description for logs."""
     return f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)"
+
+
+def _all_reduce(strategy: tf.distribute.Strategy, values: list[float],
+                op: tf.distribute.ReduceOp) -> list[float]:
+    vector = tf.constant(values, tf.float32)
+
+    @tf.function
+    def reduce():
+        return strategy.reduce(op, strategy.run(lambda: tf.identity(vector)), axis=None)
+
+    return [float(v) for v in reduce().numpy()]
+
+
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """Block until every worker of a multi-worker run gets here; a no-op on one worker."""
+    if worker_count() > 1:
+        _all_reduce(strategy, [1.0], tf.distribute.ReduceOp.SUM)
+
+
+def mean_across_workers(strategy: tf.distribute.Strategy, values: dict[str, float]) -> dict[str, float]:
+    """The mean of each value over the workers (unchanged on one worker).
+
+    Each worker validates with its own batch-norm statistics; agreeing on the mean keeps
+    best-checkpoint and early-stopping decisions identical on every worker, which a
+    multi-worker run needs (a worker that stops alone hangs the others).
+    """
+    if worker_count() <= 1 or not values:
+        return values
+    names = sorted(values)
+    # Every replica contributes its worker's value; with equal replica counts per worker
+    # (which MultiWorkerMirroredStrategy requires) the replica mean is the worker mean.
+    means = _all_reduce(strategy, [float(values[n]) for n in names], tf.distribute.ReduceOp.MEAN)
+    return dict(zip(names, means))

@@ -42,6 +42,7 @@ from medistill.distill.recipes import get_recipe
 from medistill.distill.recipes.base import Recipe, RecipeContext
 from medistill.distill.session import finish_run, open_run
 from medistill.distill.teacher import check_teacher, load_teacher, train_teacher_in_child
+from medistill.distribute import barrier
 from medistill.errors import MedistillError
 from medistill.export import ModelCard
 from medistill.networks import model_summary
@@ -80,7 +81,7 @@ def run_recipe(config: TrainConfig, config_cls: type, recipe_cls: type[Recipe],
     try:
         with open_run(config, config_cls, cpu_replicas=config.cpu_replicas) as session:
             strategy = session.strategy
-            _barrier(strategy)  # a worker's teacher may be the one its chief has just written
+            barrier(strategy)  # a worker's teacher may be the one its chief has just written
             train, val, num_classes = _samples(config)
             pre = preprocess_config(config)
             batch = session.global_batch(config.batch, len(train))
@@ -121,7 +122,7 @@ def run_recipe(config: TrainConfig, config_cls: type, recipe_cls: type[Recipe],
             # The chief has written best.weights.h5 by now; every worker loads it in
             # finish_run, so all end with the chief's weights (batch-norm statistics,
             # which each worker keeps from its own batches, included).
-            _barrier(strategy)
+            barrier(strategy)
             summary: dict[str, Any] = {
                 "recipe": recipe.name or recipe_cls.__name__, "student": config.student,
                 "train_images": len(train), "val_images": len(val), **sizes,
@@ -167,17 +168,6 @@ def _new_collective_keys() -> None:
     """
     for strategy_cls in (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy):
         strategy_cls._collective_key_base += COLLECTIVE_KEY_STRIDE
-
-
-def _barrier(strategy: tf.distribute.Strategy) -> None:
-    """Block until every worker gets here (an all-reduce); a no-op on one worker."""
-    if getattr(strategy, "cluster_resolver", None) is None:
-        return
-    @tf.function
-    def all_reduce_one():
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
-
-    all_reduce_one()
 
 
 def _chief_by_tf_config() -> bool:

@@ -37,7 +37,7 @@ import pandas as pd
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from medistill.distribute import describe, is_chief
+from medistill.distribute import describe, is_chief, mean_across_workers
 from medistill.errors import MedistillError
 from medistill.fileio import atomic_path
 
@@ -208,7 +208,7 @@ class TrainingLoop:
         for epoch in range(done, self.settings.epochs):
             row = {"epoch": epoch + 1, **self._train_epoch(make_dataset(epoch), epoch)}
             if self.validate_fn is not None:
-                row.update(self.validate_fn())
+                row.update(mean_across_workers(self.strategy, self.validate_fn()))
             row["lr"] = _current_lr(self.checkpoint.optimizer)
             self._judge_epoch(row, epoch)
             history.append(row)

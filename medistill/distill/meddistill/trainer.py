@@ -55,7 +55,7 @@ from medistill.distill.precision import scaled_gradients, set_precision, wrap_op
 from medistill.distill.projection import FeatureProjection
 from medistill.distill.session import RunSession, finish_run, open_run
 from medistill.distill.weighting import LossWeighting, build_weighting
-from medistill.distribute import worker_count
+from medistill.distribute import barrier
 from medistill.errors import MedistillError
 from medistill.export import ModelCard
 from medistill.losses.distillation import (
@@ -279,15 +279,6 @@ def require_resumable(config: MedDistillConfig) -> None:
                              "to start a new run there")
 
 
-def _barrier(session: RunSession) -> None:
-    """Wait for every worker of a multi-worker run (a one-number all-reduce)."""
-    if worker_count() <= 1:
-        return
-    strategy = session.strategy
-    one = strategy.run(tf.function(lambda: tf.constant(1.0)))
-    strategy.reduce(tf.distribute.ReduceOp.SUM, one, axis=None)
-
-
 def prepare_cache(config: MedDistillConfig, session: RunSession, teacher: Any = None) -> dict:
     """Build or complete the teacher cache on the chief; other workers wait, then read it.
 
@@ -301,7 +292,7 @@ def prepare_cache(config: MedDistillConfig, session: RunSession, teacher: Any = 
     summary: dict = {}
     if session.chief:
         summary = build_cache(teacher or build_teacher(config.teacher), config.image_dir, config.boxes, path)
-    _barrier(session)
+    barrier(session.strategy)
     if not session.chief and not path.exists():
         summary = build_cache(teacher or build_teacher(config.teacher), config.image_dir, config.boxes, path,
                               progress=False)
