@@ -137,7 +137,8 @@ def test_resume_after_kill_keeps_finished_epochs(phantoms, tmp_path):
     assert result.returncode == 0, result.stderr
     # history.csv is written just before the epoch's checkpoint: a kill between the two
     # loses that one epoch (it is trained again), never more.
-    done = int(re.search(r"(\d+) epoch\(s\) already done", result.stderr).group(1))
+    resumed = re.search(r"(\d+) epoch\(s\) already done", result.stderr)
+    done = int(resumed.group(1)) if resumed else 0      # no checkpoint yet: a fresh start
     assert len(before) - 1 <= done <= len(before)
     after = pd.read_csv(run / "history.csv")
     assert after["epoch"].tolist() == [1, 2, 3, 4]
