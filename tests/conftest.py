@@ -92,3 +92,25 @@ def _read_worker_weights(directory: Path) -> list[list]:
 def read_worker_weights():
     """``read(directory) -> [[arrays of worker 0], [arrays of worker 1], ...]``."""
     return _read_worker_weights
+
+
+def _wait_for_epochs(run: Path, epochs: int, process: subprocess.Popen, timeout: float = 300) -> None:
+    import time
+
+    import pandas as pd
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        history = Path(run) / "history.csv"
+        if history.exists() and len(pd.read_csv(history)) >= epochs:
+            return
+        if process.poll() is not None:
+            raise AssertionError("training ended before it could be killed")
+        time.sleep(0.1)
+    raise AssertionError("training did not reach the kill point in time")
+
+
+@pytest.fixture
+def wait_for_epochs():
+    """``wait(run_dir, epochs, process)``: block until ``history.csv`` has ``epochs`` rows (to kill -9 then)."""
+    return _wait_for_epochs

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import keras
@@ -240,20 +239,8 @@ def test_cli_error_for_co_learn_with_grabcut(phantoms, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def _wait_for_epochs(run: Path, epochs: int, process: subprocess.Popen, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        history = run / "history.csv"
-        if history.exists() and len(pd.read_csv(history)) >= epochs:
-            return
-        if process.poll() is not None:
-            raise AssertionError("training ended before it could be killed")
-        time.sleep(0.1)
-    raise AssertionError("training did not reach the kill point in time")
-
-
 @pytest.mark.slow
-def test_kill_and_rerun_resumes(grabcut_run, phantoms, tmp_path):
+def test_kill_and_rerun_resumes(grabcut_run, phantoms, tmp_path, wait_for_epochs):
     run = tmp_path / "killed"
     args = [sys.executable, "meddistill.py", "--image_dir", str(phantoms["images"]), "--boxes",
             str(phantoms["boxes"]), "--teacher", "grabcut", "--cache", str(grabcut_run / "teacher_cache.h5"),
@@ -262,7 +249,7 @@ def test_kill_and_rerun_resumes(grabcut_run, phantoms, tmp_path):
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     try:
-        _wait_for_epochs(run, 1, process)
+        wait_for_epochs(run, 1, process)
         os.killpg(process.pid, signal.SIGKILL)
     finally:
         process.wait()

@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -108,26 +107,14 @@ def test_predict_only_writes_masks(trained_run, phantoms, tmp_path):
     assert "per-image metrics" not in result.stdout
 
 
-def _wait_for_epochs(run: Path, epochs: int, process: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        history = run / "history.csv"
-        if history.exists() and len(pd.read_csv(history)) >= epochs:
-            return
-        if process.poll() is not None:
-            raise AssertionError("training ended before it could be killed")
-        time.sleep(0.2)
-    raise AssertionError("training did not reach the kill point in time")
-
-
-def test_resume_after_kill_keeps_finished_epochs(phantoms, tmp_path):
+def test_resume_after_kill_keeps_finished_epochs(phantoms, tmp_path, wait_for_epochs):
     run = tmp_path / "resumed"
     args = [sys.executable, "-m", "medistill", "train", "--data", str(phantoms["train"]), "--out", str(run),
             "--epochs", "4", *TRAIN_ARGS]
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     try:
-        _wait_for_epochs(run, 2, process)
+        wait_for_epochs(run, 2, process)
         os.killpg(process.pid, signal.SIGKILL)
     finally:
         process.wait()
