@@ -14,6 +14,24 @@ from medistill.errors import MedistillError
 RESUMABLE_CHANGES = {"epochs", "patience", "cpu_replicas", "out", "overwrite", "steps_per_epoch"}
 
 
+def common_checks(config: Any) -> list[tuple[bool, str]]:
+    """The checks every trainer's config shares: size, channels, epochs, batch, validation split."""
+    return [
+        (config.img_size >= 16 and config.img_size % 16 == 0, "--img-size must be a multiple of 16 (at least 16)"),
+        (config.channels in (1, 3), "--channels must be 1 or 3"),
+        (config.epochs >= 1, "--epochs must be at least 1"),
+        (config.batch >= 1, "--batch must be at least 1"),
+        (0.0 <= config.val_fraction < 1.0, "--val-fraction must be in [0, 1)"),
+    ]
+
+
+def check_settings(checks: list[tuple[bool, str]]) -> None:
+    """Raise :class:`MedistillError` with the message of the first failed ``(ok, message)``."""
+    for ok, message in checks:
+        if not ok:
+            raise MedistillError(message)
+
+
 @dataclass
 class TrainConfig:
     """Everything needed to rerun ``medistill train``."""
@@ -45,20 +63,12 @@ class TrainConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.img_size >= 16 and self.img_size % 16 == 0, "--img-size must be a multiple of 16 (at least 16)"),
-            (self.channels in (1, 3), "--channels must be 1 or 3"),
-            (self.epochs >= 1, "--epochs must be at least 1"),
-            (self.batch >= 1, "--batch must be at least 1"),
+        check_settings(common_checks(self) + [
             (self.lr > 0, "--lr must be positive"),
-            (0.0 <= self.val_fraction < 1.0, "--val-fraction must be in [0, 1)"),
             (self.optimizer in ("adam", "adamw"), "--optimizer must be adam or adamw"),
             (self.schedule in ("cosine", "constant"), "--schedule must be cosine or constant"),
             (self.num_classes is None or self.num_classes >= 2, "--num-classes counts background: at least 2"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise MedistillError(message)
+        ])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -23,7 +23,7 @@ from typing import Any
 from medistill.data.preprocess import PreprocessConfig
 from medistill.errors import MedistillError
 from medistill.train.config import RESUMABLE_CHANGES as TRAIN_RESUMABLE_CHANGES
-from medistill.train.config import TrainConfig
+from medistill.train.config import TrainConfig, check_settings, common_checks
 
 # Besides the supervised ones (length, patience, devices, folder): the cache may move,
 # it is checked against the teacher and the boxes file by itself.
@@ -73,23 +73,15 @@ class MedDistillConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.img_size >= 16 and self.img_size % 16 == 0, "--img-size must be a multiple of 16 (at least 16)"),
-            (self.channels in (1, 3), "--channels must be 1 or 3"),
-            (self.epochs >= 1, "--epochs must be at least 1"),
-            (self.batch >= 1, "--batch must be at least 1"),
+        check_settings(common_checks(self) + [
             (self.lr > 0 and self.decoder_lr > 0, "--lr and --decoder-lr must be positive"),
-            (0.0 <= self.val_fraction < 1.0, "--val-fraction must be in [0, 1)"),
             (self.weighting in WEIGHTINGS, f"--weighting must be one of {', '.join(WEIGHTINGS)}"),
             (self.feature_loss in FEATURE_LOSSES, f"--feature-loss must be one of {', '.join(FEATURE_LOSSES)}"),
             (self.refresh_every >= 1, "--refresh-every must be at least 1 (epochs)"),
             (0.5 <= self.colearn_confidence < 1.0, "--colearn-confidence must be in [0.5, 1)"),
             (self.cpu_replicas >= 1, "--cpu-replicas must be at least 1"),
             (self.steps_per_epoch is None or self.steps_per_epoch >= 1, "--steps-per-epoch must be at least 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise MedistillError(message)
+        ])
         self._check_weights()
         if self.co_learn and self.live_teacher:
             raise MedistillError("--co-learn fine-tunes the teacher's decoder from cached embeddings; "
