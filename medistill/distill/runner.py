@@ -49,7 +49,7 @@ from medistill.networks import model_summary
 from medistill.train.config import TrainConfig
 from medistill.train.data_setup import count_classes, training_samples
 from medistill.train.loop import LoopSettings, TrainingLoop
-from medistill.train.run_folder import prepare_run_folder
+from medistill.train.run_folder import prepare_run_folder, release_run_folder
 from medistill.train.supervised import preprocess_config, validation_fn
 
 log = logging.getLogger("medistill.distill")
@@ -64,9 +64,13 @@ def distill(config: DistillConfig) -> Path:
     teacher_path: str | Path | None = config.teacher_model
     if config.train_teacher:
         if _chief_by_tf_config():
-            prepare_run_folder(config, DistillConfig)  # claims RUN (or refuses it) first
+            prepare_run_folder(config, DistillConfig)  # claims (locks) RUN, or refuses it, first
         config = dataclasses.replace(config, overwrite=False)  # RUN/teacher must survive
-        teacher_path = train_teacher_in_child(config)
+        try:
+            teacher_path = train_teacher_in_child(config)
+        except BaseException:
+            release_run_folder(config.out)  # open_run releases it otherwise
+            raise
     if recipe_cls.needs_teacher and not teacher_path:
         raise MedistillError(f"recipe {config.recipe!r} needs a teacher: pass --teacher-model PATH "
                              "(a run folder or .keras file) or --train-teacher NAME")
