@@ -14,12 +14,18 @@ that are not ``(N, 4)`` finite numbers. ``N = 0`` is allowed and gives empty out
 Uncertainty (MedDistill, METHODS.md §1): per box, the variance of its soft mask over
 the pixels of that mask at the original resolution.
 
+More boxes for an image already predicted: :meth:`Teacher.predict_more` takes the
+first call's :class:`TeacherOutput` and reuses what it can (LiteMedSAM and SAM run only
+their mask decoder on the cached image embedding); the default predicts again. The
+teacher cache uses it for the stability of each mask under jittered boxes.
+
 Example::
 
     teacher = build_teacher("grabcut")
     out = teacher.predict(image, np.array([[10, 12, 60, 70]]))
     out.masks.shape        # (1, H, W) float32 in [0, 1]
     out.fused()            # (H, W) pixel-wise max over the boxes
+    more = teacher.predict_more(image, np.array([[11, 12, 61, 69]]), out)
 """
 
 from __future__ import annotations
@@ -143,6 +149,28 @@ class Teacher(abc.ABC):
     @abc.abstractmethod
     def _predict(self, image: np.ndarray, boxes: np.ndarray) -> TeacherOutput:
         """``image`` validated ``(H, W, C)``; ``boxes`` clipped float32 ``(N, 4)``."""
+
+    def predict_more(self, image: np.ndarray, boxes: Any, previous: TeacherOutput) -> TeacherOutput:
+        """Soft masks for more ``boxes`` of an image already predicted (``previous`` is
+        ``self.predict(image, ...)`` of the same image).
+
+        Same box rules and output as :meth:`predict`; teachers with an image encoder
+        reuse its output from ``previous`` (see :meth:`_predict_more`).
+        """
+        image = as_image(image)
+        height, width = image.shape[:2]
+        if tuple(previous.masks.shape[1:]) != (height, width):
+            raise MedistillError(f"predict_more: the previous output is for a {previous.masks.shape[2]}x"
+                                 f"{previous.masks.shape[1]} image, this image is {width}x{height}; "
+                                 "pass the output of predict() on the same image")
+        clipped = clip_boxes(boxes, height, width)
+        out = self._predict_more(image, clipped, previous)
+        out.boxes = clipped
+        return out
+
+    def _predict_more(self, image: np.ndarray, boxes: np.ndarray, previous: TeacherOutput) -> TeacherOutput:
+        """Override to reuse ``previous`` (e.g. its image embedding); the default predicts again."""
+        return self._predict(image, boxes)
 
     def describe(self) -> dict[str, Any]:
         """Provenance: name, weights hash and preprocessing."""

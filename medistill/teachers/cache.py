@@ -1,11 +1,13 @@
 """The teacher cache: a teacher's outputs for every image of a boxes file, in one HDF5 file.
 
-Layout (``format = "medistill.teacher_cache"``, ``version = 1``)::
+Layout (``format = "medistill.teacher_cache"``, ``version = 2``)::
 
     /                     attrs: format, version, teacher, weights_hash, preprocessing (JSON),
-                                 boxes_file, boxes_sha256, class_names (JSON)
-    /images/<stem>/       attrs: file, width, height, n_boxes, image_uncertainty,
-                                 feature_stride (-1 without features), done
+                                 boxes_file, boxes_sha256, class_names (JSON),
+                                 quality (JSON: jitter, draws, seed, threshold)
+    /images/<stem>/       attrs: file, slice (-1 for a plain image), width, height, n_boxes,
+                                 image_uncertainty, feature_stride (-1 without features),
+                                 sha256 (of the image file; of the decoded slice for NIfTI), done
         fused             (H, W) float32, pixel-wise max over the boxes (zeros without boxes)
         masks             (N, H, W) float32 per-box probabilities, one chunk per box
         uncertainties     (N,) float32, variance of each soft mask over its pixels
@@ -13,27 +15,43 @@ Layout (``format = "medistill.teacher_cache"``, ``version = 1``)::
         boxes             (N, 4) float32 clipped xyxy boxes, original pixels
         box_scores, box_classes   (N,) the boxes file's detector scores and classes
         features          (h, w, C) float16 encoder features (absent when none)
+        quality/          score, stability, fill (N,) float32; components (N,) int32; area (N,) int64
+                          (:mod:`medistill.teachers.quality`; score NaN without teacher scores)
 
 Arrays are chunked and gzip-compressed. The file is flushed after every image and an
 image counts only once its ``done`` attribute is set, so a killed run resumes where it
 stopped (unfinished groups are rewritten). A cache made by another teacher, other
-weights or another boxes file is refused (:class:`MedistillError` saying what changed)
-unless ``overwrite=True``, which rebuilds it. Images without boxes are stored with
-``n_boxes = 0`` (MedDistill skips them at training time).
+weights, another boxes file or other quality settings is refused (:class:`MedistillError`
+saying what changed) unless ``overwrite=True``, which rebuilds it; so is a cache of an
+older format version (rebuild it: the quality records need the teacher). Reusing a cache
+checks every finished image's hash against the images now in ``image_dir`` and refuses
+on the first difference (a cache reused with another ``--image_dir``).
 
-Example::
+One writer at a time: :func:`build_cache` holds ``<cache>.lock`` (created with
+``O_EXCL``, holding ``pid host``) while it writes; a second writer is refused naming the
+holder's PID; a lock left by a dead process on this host is taken over (logged).
+``overwrite=True`` deletes only a file that is a medistill teacher cache.
+
+Other modules read a cache only through :class:`CacheReader`::
 
     build_cache(teacher, "data/images", "boxes.json", "teacher.h5")
-    with h5py.File("teacher.h5") as f:
-        soft = f["images/case7/fused"][()]
+    with CacheReader("teacher.h5") as cache:
+        for stem in cache.stems:
+            entry = cache.entry(stem)          # CacheEntry: fused, boxes, features, ...
+            records = cache.quality(stem)      # list[MaskQuality], one per box
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
+import socket
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,35 +61,163 @@ import numpy as np
 from medistill.errors import MedistillError
 from medistill.fileio import file_sha256
 from medistill.teachers.base import Teacher, TeacherOutput
+from medistill.teachers.quality import (QUALITY_FIELDS, MaskQuality, QualitySettings, arrays_to_records,
+                                        jitter_boxes, mask_quality, records_to_arrays, stability, stem_seed)
 
 LOG = logging.getLogger("medistill.teachers")
 FORMAT = "medistill.teacher_cache"
-VERSION = 1
+VERSION = 2
 
 
-def provenance(teacher: Teacher, boxes_path: str | os.PathLike, class_names: list[str]) -> dict[str, str]:
+def provenance(teacher: Teacher, boxes_path: str | os.PathLike, class_names: list[str],
+               quality: QualitySettings | None = None) -> dict[str, str]:
     """The root attributes that identify a cache."""
+    quality = quality or QualitySettings()
     return {"format": FORMAT, "version": str(VERSION), "teacher": teacher.name,
             "weights_hash": teacher.weights_hash,
             "preprocessing": json.dumps(teacher.preprocessing, sort_keys=True),
             "boxes_file": str(Path(boxes_path).resolve()), "boxes_sha256": file_sha256(boxes_path),
-            "class_names": json.dumps(list(class_names))}
+            "class_names": json.dumps(list(class_names)), "quality": quality.to_json()}
 
 
-_CHECKED = ("format", "version", "teacher", "weights_hash", "preprocessing", "boxes_sha256")
+_CHECKED = ("teacher", "weights_hash", "preprocessing", "boxes_sha256", "quality")
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _stale_reasons(existing: dict[str, Any], wanted: dict[str, str]) -> list[str]:
     reasons = []
     for key in _CHECKED:
-        old = existing.get(key)
-        old = old.decode() if isinstance(old, bytes) else (None if old is None else str(old))
+        old = _text(existing.get(key))
         if old != wanted[key]:
             reasons.append(f"{key}: cache has {old!r}, now {wanted[key]!r}")
     return reasons
 
 
-def _read_image(image_dir: Path, entry) -> np.ndarray:
+def _format_problem(path: Path, attrs: Any) -> str | None:
+    """Why the root attributes are not those of a current cache (None when they are)."""
+    found = _text(attrs.get("format"))
+    if found != FORMAT:
+        return f"{path} is not a medistill teacher cache (format attribute {found!r})"
+    version = _text(attrs.get("version"))
+    if version != str(VERSION):
+        return (f"{path} is a teacher cache of format version {version}, this medistill reads and writes "
+                f"version {VERSION} (it adds per-mask quality records and image hashes, which need the teacher)")
+    return None
+
+
+# --------------------------------------------------------------------------- the lock
+
+
+def lock_path(cache_path: str | os.PathLike) -> Path:
+    """The lock file of a cache: ``<cache>.lock``."""
+    cache_path = Path(cache_path)
+    return cache_path.with_name(cache_path.name + ".lock")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_holder(path: Path) -> tuple[int | None, str]:
+    try:
+        parts = path.read_text().split()
+    except FileNotFoundError:
+        return None, ""
+    try:
+        return int(parts[0]), parts[1] if len(parts) > 1 else ""
+    except (IndexError, ValueError):
+        return None, ""
+
+
+@contextlib.contextmanager
+def cache_lock(cache_path: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``<cache>.lock`` while the body runs; refuse when a live process holds it.
+
+    The lock file is created with ``O_CREAT | O_EXCL`` and holds ``"<pid> <host>"``. A
+    lock of a process that no longer runs on this host is taken over with a log line.
+    """
+    path = lock_path(cache_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me, host = os.getpid(), socket.gethostname()
+    for attempt in range(50):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pid, holder_host = _read_holder(path)
+            if pid is None:  # being written by its creator this instant, or emptied
+                if attempt >= 20:
+                    raise MedistillError(f"{path}: the lock file of {cache_path} cannot be read; if no "
+                                         "`medistill teach` or training runs on this cache, delete it") from None
+                time.sleep(0.05)
+                continue
+            if holder_host not in ("", host) or _pid_alive(pid):
+                where = f" on {holder_host}" if holder_host not in ("", host) else ""
+                raise MedistillError(
+                    f"{cache_path} is being written by another process (PID {pid}{where}, lock file {path}); "
+                    "wait for it to finish, or use another --out. If that process no longer runs, "
+                    f"delete {path}") from None
+            _take_over(path, pid)
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{me} {host}\n")
+        break
+    else:  # pragma: no cover - fifty lost races in a row
+        raise MedistillError(f"{path}: could not take the lock of {cache_path}; try again")
+    try:
+        yield path
+    finally:
+        pid, _ = _read_holder(path)
+        if pid == me:
+            path.unlink(missing_ok=True)
+
+
+def _take_over(path: Path, dead_pid: int) -> None:
+    """Remove the stale lock of ``dead_pid`` unless another process replaced it meanwhile."""
+    aside = path.with_name(f"{path.name}.stale-{os.getpid()}")
+    try:
+        os.rename(path, aside)  # atomic: of several takers, one moves this very file
+    except FileNotFoundError:
+        return
+    pid, _ = _read_holder(aside)
+    if pid == dead_pid:
+        LOG.warning("teach: taking over the stale lock %s of PID %d (no longer running)", path, dead_pid)
+        aside.unlink(missing_ok=True)
+        return
+    try:  # it was a live lock made after we looked: put it back unless someone holds a new one
+        os.link(aside, path)
+    except FileExistsError:
+        pass
+    aside.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def slice_sha256(image: np.ndarray) -> str:
+    """SHA-256 of a decoded image (dtype, shape and bytes): the hash of a NIfTI slice.
+
+    >>> slice_sha256(np.zeros((2, 2))) == slice_sha256(np.zeros((2, 2)))
+    True
+    """
+    array = np.ascontiguousarray(image)
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _read_image(image_dir: Path, entry) -> tuple[np.ndarray, str]:
+    """The image of a boxes-file entry and its content hash."""
     from medistill.data.io import read_image, read_volume, volume_slice
 
     path = image_dir / entry.file
@@ -79,21 +225,70 @@ def _read_image(image_dir: Path, entry) -> np.ndarray:
         raise MedistillError(f"{path}: image of the boxes file entry {entry.stem!r} not found in "
                              f"{image_dir}; pass the --image_dir the boxes were made from")
     if entry.slice_index is not None:
-        image = volume_slice(read_volume(path), entry.slice_index)
+        image = np.asarray(volume_slice(read_volume(path), entry.slice_index))
+        digest = slice_sha256(image)
     else:
-        image = read_image(path)
-    image = np.asarray(image)
+        image = np.asarray(read_image(path))
+        digest = file_sha256(path)
     if image.shape[:2] != (entry.height, entry.width):
         raise MedistillError(f"{path}: image is {image.shape[1]}x{image.shape[0]} but the boxes file "
                              f"says {entry.width}x{entry.height}; regenerate the boxes file")
-    return image
+    return image, digest
 
 
-def _write_image(group: h5py.Group, entry, out: TeacherOutput) -> None:
+def _image_hash(image_dir: Path, entry) -> str:
+    if entry.slice_index is None:
+        path = image_dir / entry.file
+        if not path.exists():
+            raise MedistillError(f"{path}: image of the boxes file entry {entry.stem!r} not found in "
+                                 f"{image_dir}; pass the --image_dir the cache was made from")
+        return file_sha256(path)
+    return _read_image(image_dir, entry)[1]
+
+
+def _check_hashes(out_path: Path, images: h5py.Group, entries: list, image_dir: Path) -> None:
+    """Refuse when a finished image's hash differs from the file now in ``image_dir``."""
+    for entry in entries:
+        if entry.stem not in images:
+            continue
+        cached = _text(images[entry.stem].attrs.get("sha256"))
+        now = _image_hash(image_dir, entry)
+        if cached != now:
+            raise MedistillError(
+                f"{out_path}: the image {image_dir / entry.file} (stem {entry.stem!r}) is not the one the cache "
+                f"was made from (sha256 {now[:12]}…, cached {str(cached)[:12]}…); was the cache made from another "
+                "--image_dir? Pass that folder, use another --out, or --overwrite to rebuild the cache")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def quality_records(teacher: Teacher, image: np.ndarray, out: TeacherOutput, stem: str,
+                    settings: QualitySettings) -> list[MaskQuality]:
+    """The :class:`MaskQuality` of each mask of ``out`` (``teacher.predict(image, …)``).
+
+    Stability masks come from one :meth:`Teacher.predict_more` call with all the
+    jittered boxes (``settings.draws`` per box, drawn from ``stem_seed(stem, seed)``).
+    """
+    n = len(out.masks)
+    stabilities = None
+    if n and settings.draws > 0:
+        height, width = out.masks.shape[1:]
+        rng = np.random.default_rng(stem_seed(stem, settings.seed))
+        jittered = jitter_boxes(out.boxes, settings.jitter, settings.draws, rng, height, width)
+        more = teacher.predict_more(image, jittered.reshape(-1, 4), out)
+        stabilities = stability(out.masks, more.masks.reshape((settings.draws,) + out.masks.shape),
+                                settings.threshold)
+    return mask_quality(out.masks, out.boxes, out.scores, stabilities, settings.threshold)
+
+
+def _write_image(group: h5py.Group, entry, out: TeacherOutput, digest: str,
+                 records: list[MaskQuality]) -> None:
     gzip = {"compression": "gzip", "compression_opts": 4}
     n, (height, width) = len(out.masks), out.masks.shape[1:]
-    group.attrs.update({"file": entry.file, "width": entry.width, "height": entry.height, "n_boxes": n,
-                        "image_uncertainty": out.image_uncertainty(),
+    group.attrs.update({"file": entry.file, "slice": -1 if entry.slice_index is None else int(entry.slice_index),
+                        "width": entry.width, "height": entry.height, "n_boxes": n,
+                        "image_uncertainty": out.image_uncertainty(), "sha256": digest,
                         "feature_stride": -1 if out.feature_stride is None else int(out.feature_stride)})
     group.create_dataset("fused", data=out.fused(), chunks=True, **gzip)
     group.create_dataset("masks", data=out.masks.astype(np.float32),
@@ -106,21 +301,45 @@ def _write_image(group: h5py.Group, entry, out: TeacherOutput) -> None:
         group.create_dataset("scores", data=np.asarray(out.scores, np.float32))
     if out.features is not None:
         group.create_dataset("features", data=out.features.astype(np.float16), chunks=True, **gzip)
+    quality = group.create_group("quality")
+    for name, values in records_to_arrays(records).items():
+        quality.create_dataset(name, data=values)
     group.attrs["done"] = True
+
+
+def _open_hdf5(path: Path, mode: str) -> h5py.File:
+    try:
+        return h5py.File(path, mode)
+    except OSError as error:
+        raise MedistillError(f"{path} cannot be opened as an HDF5 teacher cache ({error}); if it is a damaged "
+                             "cache, delete it and run again, or use another --out") from error
+
+
+def _remove_cache(out_path: Path) -> None:
+    """Delete ``out_path`` only when it is a medistill teacher cache (``overwrite``)."""
+    if not out_path.is_file():
+        raise MedistillError(f"{out_path} is not a file; refusing to overwrite it, choose another --out")
+    with _open_hdf5(out_path, "r") as handle:
+        found = _text(handle.attrs.get("format"))
+    if found != FORMAT:
+        raise MedistillError(f"{out_path} is not a medistill teacher cache (format attribute {found!r}); "
+                             "--overwrite only replaces teacher caches, so it was left alone: choose another --out")
+    out_path.unlink()
 
 
 def _open(out_path: Path, wanted: dict[str, str], overwrite: bool) -> h5py.File:
     if out_path.exists() and overwrite:
-        out_path.unlink()
+        _remove_cache(out_path)
     if out_path.exists():
-        try:
-            handle = h5py.File(out_path, "a")
-        except OSError as error:
-            raise MedistillError(f"{out_path}: the teacher cache cannot be opened ({error}); "
-                                 "rerun with --overwrite to rebuild it") from error
-        reasons = _stale_reasons(dict(handle.attrs), wanted)
-        if reasons:
+        handle = _open_hdf5(out_path, "a")
+        problem = _format_problem(out_path, handle.attrs)
+        reasons = [] if problem else _stale_reasons(dict(handle.attrs), wanted)
+        if problem or reasons:
             handle.close()
+            if problem and "not a medistill" in problem:
+                raise MedistillError(f"{problem}; choose another --out")
+            if problem:
+                raise MedistillError(f"{problem}: rebuild it with --overwrite, or use another --out")
             raise MedistillError(f"{out_path} was made with other settings ({'; '.join(reasons)}); "
                                  "use another --out, or --overwrite to rebuild it")
         return handle
@@ -133,9 +352,11 @@ def _open(out_path: Path, wanted: dict[str, str], overwrite: bool) -> h5py.File:
 
 
 def build_cache(teacher: Teacher, image_dir: str | os.PathLike, boxes_path: str | os.PathLike,
-                out_path: str | os.PathLike, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+                out_path: str | os.PathLike, overwrite: bool = False, progress: bool = True,
+                quality: QualitySettings | None = None) -> dict[str, Any]:
     """Run ``teacher`` on every image of the boxes file; resume an unfinished cache.
 
+    ``quality`` sets the stability jitter (default 0.05 of the box size, 3 draws).
     Returns a summary: ``{"images", "done_before", "written", "seconds", "images_per_second"}``.
     """
     from tqdm.auto import tqdm
@@ -143,34 +364,160 @@ def build_cache(teacher: Teacher, image_dir: str | os.PathLike, boxes_path: str 
     from medistill.boxes.boxes_file import read_boxes
 
     image_dir, out_path = Path(image_dir), Path(out_path)
+    quality = quality or QualitySettings()
     boxes = read_boxes(boxes_path)
-    wanted = provenance(teacher, boxes_path, boxes.class_names)
-    handle = _open(out_path, wanted, overwrite)
+    wanted = provenance(teacher, boxes_path, boxes.class_names, quality)
     written, start = 0, time.perf_counter()
-    try:
-        images = handle["images"]
-        for stem in list(images):
-            if not images[stem].attrs.get("done", False):
-                del images[stem]  # a run killed while writing it
-        todo = [entry for entry in boxes.images if entry.stem not in images]
-        done_before = len(boxes.images) - len(todo)
-        bar = tqdm(total=len(boxes.images), initial=done_before, desc=f"teach ({teacher.name})",
-                   unit="image", disable=not progress)
-        for entry in todo:
-            image = _read_image(image_dir, entry)
-            xyxy = np.array([b.xyxy for b in entry.boxes], np.float32).reshape(-1, 4)
-            try:
-                out = teacher.predict(image, xyxy)
-            except MedistillError as error:
-                raise MedistillError(f"{image_dir / entry.file}: {error}") from error
-            _write_image(images.create_group(entry.stem), entry, out)
-            handle.flush()
-            written += 1
-            bar.update(1)
-            LOG.debug("teach: done %s (%d/%d)", entry.stem, done_before + written, len(boxes.images))
-        bar.close()
-    finally:
-        handle.close()
+    with cache_lock(out_path):
+        handle = _open(out_path, wanted, overwrite)
+        try:
+            images = handle["images"]
+            for stem in list(images):
+                if not images[stem].attrs.get("done", False):
+                    del images[stem]  # a run killed while writing it
+            _check_hashes(out_path, images, boxes.images, image_dir)
+            todo = [entry for entry in boxes.images if entry.stem not in images]
+            done_before = len(boxes.images) - len(todo)
+            bar = tqdm(total=len(boxes.images), initial=done_before, desc=f"teach ({teacher.name})",
+                       unit="image", disable=not progress)
+            for entry in todo:
+                image, digest = _read_image(image_dir, entry)
+                xyxy = np.array([b.xyxy for b in entry.boxes], np.float32).reshape(-1, 4)
+                try:
+                    out = teacher.predict(image, xyxy)
+                    records = quality_records(teacher, image, out, entry.stem, quality)
+                except MedistillError as error:
+                    raise MedistillError(f"{image_dir / entry.file}: {error}") from error
+                _write_image(images.create_group(entry.stem), entry, out, digest, records)
+                handle.flush()
+                written += 1
+                bar.update(1)
+                LOG.debug("teach: done %s (%d/%d)", entry.stem, done_before + written, len(boxes.images))
+            bar.close()
+        finally:
+            handle.close()
     seconds = time.perf_counter() - start
     return {"images": len(boxes.images), "done_before": done_before, "written": written,
             "seconds": round(seconds, 3), "images_per_second": round(written / seconds, 3) if written else 0.0}
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One finished image of a teacher cache (arrays at the image's original size)."""
+
+    stem: str
+    file: str
+    slice_index: int | None
+    width: int
+    height: int
+    fused: np.ndarray                  # (H, W) float32 soft mask, max over the boxes
+    image_uncertainty: float           # mean of the per-box uncertainties (0 without boxes)
+    uncertainties: np.ndarray          # (N,) float32
+    scores: np.ndarray | None          # (N,) float32 teacher IoU predictions, or None
+    boxes: np.ndarray                  # (N, 4) float32 clipped xyxy, original pixels
+    box_scores: np.ndarray             # (N,) float32 detector scores from the boxes file
+    box_classes: np.ndarray            # (N,) int32
+    features: np.ndarray | None        # (h, w, C) float16, or None (or not read)
+    feature_stride: int | None
+    sha256: str
+
+    @property
+    def n_boxes(self) -> int:
+        return len(self.boxes)
+
+
+class CacheReader:
+    """Read a teacher cache (the only code that knows the HDF5 layout besides the writer).
+
+    ``with CacheReader(path) as cache:`` opens it read-only and checks its format and
+    version; ``cache.stems`` lists the finished images; ``entry(stem)``, ``masks(stem)``
+    and ``quality(stem)`` read one image, raising :class:`MedistillError` naming the file
+    and the stem for a missing or unfinished entry.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise MedistillError(f"the teacher cache {self.path} does not exist; build it with "
+                                 "`python -m medistill teach` (or a meddistill run)")
+        try:
+            self._handle = h5py.File(self.path, "r")
+        except OSError as error:
+            holder = _read_holder(lock_path(self.path))[0]
+            busy = f"; PID {holder} is still writing it (lock {lock_path(self.path)})" if holder else ""
+            raise MedistillError(f"{self.path} cannot be opened as a teacher cache ({error}){busy}; "
+                                 "wait for the writer, or rebuild the cache") from error
+        problem = _format_problem(self.path, self._handle.attrs)
+        if problem:
+            self._handle.close()
+            raise MedistillError(f"{problem}: rebuild it with `python -m medistill teach --overwrite`"
+                                 if "version" in problem else problem)
+        self.attrs = {key: _text(value) for key, value in self._handle.attrs.items()}
+
+    def __enter__(self) -> CacheReader:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._handle.close()
+
+    @property
+    def teacher(self) -> str:
+        return str(self.attrs.get("teacher"))
+
+    @property
+    def quality_settings(self) -> QualitySettings:
+        return QualitySettings.from_json(self.attrs["quality"])
+
+    @property
+    def stems(self) -> list[str]:
+        """The finished images, sorted."""
+        images = self._handle["images"]
+        return sorted(stem for stem in images if images[stem].attrs.get("done", False))
+
+    def _group(self, stem: str) -> h5py.Group:
+        group = self._handle.get(f"images/{stem}")
+        if group is None:
+            raise MedistillError(f"{self.path}: no entry for image {stem!r}; the cache was made from another "
+                                 "boxes file: rebuild it with the boxes file you use now")
+        if not group.attrs.get("done", False):
+            raise MedistillError(f"{self.path}: the entry of image {stem!r} is unfinished (a killed run); run "
+                                 "`python -m medistill teach` with the same arguments to complete it")
+        return group
+
+    def entry(self, stem: str, features: bool = True) -> CacheEntry:
+        """One image's :class:`CacheEntry` (``features=False`` skips reading the features)."""
+        group = self._group(stem)
+        attrs = group.attrs
+        stride = int(attrs.get("feature_stride", -1))
+        slice_index = int(attrs.get("slice", -1))
+        return CacheEntry(
+            stem=stem, file=_text(attrs["file"]), slice_index=None if slice_index < 0 else slice_index,
+            width=int(attrs["width"]), height=int(attrs["height"]),
+            fused=group["fused"][()].astype(np.float32), image_uncertainty=float(attrs["image_uncertainty"]),
+            uncertainties=group["uncertainties"][()].astype(np.float32),
+            scores=group["scores"][()].astype(np.float32) if "scores" in group else None,
+            boxes=group["boxes"][()].astype(np.float32).reshape(-1, 4),
+            box_scores=group["box_scores"][()].astype(np.float32),
+            box_classes=group["box_classes"][()].astype(np.int32),
+            features=group["features"][()] if features and "features" in group else None,
+            feature_stride=stride if stride > 0 else None, sha256=_text(attrs["sha256"]))
+
+    def masks(self, stem: str, index: int | None = None) -> np.ndarray:
+        """``(N, H, W)`` float32 per-box soft masks, or ``(H, W)`` for box ``index``."""
+        data = self._group(stem)["masks"]
+        return (data[()] if index is None else data[int(index)]).astype(np.float32)
+
+    def quality(self, stem: str) -> list[MaskQuality]:
+        """The per-mask quality records of one image, in box order."""
+        group = self._group(stem)["quality"]
+        return arrays_to_records({name: group[name][()] for name in QUALITY_FIELDS})
+
+    def all_quality(self) -> dict[str, list[MaskQuality]]:
+        """``{stem: records}`` for every finished image (empty lists for images without boxes)."""
+        return {stem: self.quality(stem) for stem in self.stems}

@@ -8,7 +8,9 @@ mask is a documented proxy: the hard mask smoothed with a Gaussian of
 uncertainty is then, as for every teacher, the variance of that soft mask over its
 pixels. A box too small for GrabCut (under 2 pixels on a side) or one that leaves no
 background to model (it covers the whole image) falls back to the filled box; such boxes
-are listed in ``extras["fallback"]``. No scores, no features.
+are listed in ``extras["fallback"]``. No scores, no features. GrabCut has no image
+encoder to reuse, so ``predict_more`` (the cache's jittered boxes) cuts each new box
+from scratch (the default of :class:`~medistill.teachers.base.Teacher`).
 
 Example::
 

@@ -21,6 +21,8 @@ chunks of ``box_batch``. Output mask 0 of 4 (the single-mask output) is kept: it
 ``(S/4, S/4)`` logits are resized to ``S × S``, cropped to the resized image, resized to
 the original size (bilinear) and passed through the sigmoid. Scores: the IoU
 prediction of mask 0. Features: the ``(S/16, S/16, C)`` image embedding, stride 16.
+``predict_more`` (more boxes of an image already predicted) reuses that embedding and
+runs only the prompt encoder and mask decoder.
 
 Example::
 
@@ -267,13 +269,24 @@ class SAMTeacher(Teacher):
 
     def _predict(self, image: np.ndarray, boxes: np.ndarray) -> TeacherOutput:
         x, geometry = preprocess_image(image, self.image_size, self.scale, self.offset)
-        embedding = self.encode(x)
+        return self._from_embedding(self.encode(x), geometry, boxes)
+
+    def _from_embedding(self, embedding: np.ndarray, geometry: Geometry, boxes: np.ndarray) -> TeacherOutput:
         low_res, iou = self.decode(embedding, scale_boxes(boxes, geometry))
         masks = logits_to_probabilities(upsample_logits(low_res, self.image_size), geometry)
+        features = np.asarray(embedding, np.float32)
         return TeacherOutput(masks=masks, uncertainties=mask_uncertainty(masks),
-                             scores=iou.astype(np.float32), features=embedding.astype(np.float32),
+                             scores=iou.astype(np.float32), features=features,
                              feature_stride=self.image_size // embedding.shape[0], boxes=boxes,
-                             extras={"low_res_logits": low_res, "geometry": geometry.to_dict()})
+                             extras={"low_res_logits": low_res, "geometry": geometry.to_dict(),
+                                     "embedding": features})
+
+    def _predict_more(self, image: np.ndarray, boxes: np.ndarray, previous: TeacherOutput) -> TeacherOutput:
+        """Only the prompt encoder and mask decoder, on the embedding of ``previous``."""
+        embedding, geometry = previous.extras.get("embedding"), previous.extras.get("geometry")
+        if embedding is None or geometry is None:
+            return self._predict(image, boxes)
+        return self._from_embedding(embedding, Geometry.from_dict(geometry), boxes)
 
 
 def _sam(argument: str | None) -> Teacher:

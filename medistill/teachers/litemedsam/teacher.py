@@ -5,6 +5,10 @@ together, in chunks of ``box_batch`` (each box holds a 256×256×32 upscaled emb
 chunks bound memory). Features: the ``(64, 64, 256)`` image embedding, stride 4 in the
 256 × 256 padded input frame (so it covers the padding too).
 
+:meth:`~medistill.teachers.base.Teacher.predict_more` (more boxes of an image already
+predicted, e.g. the jittered boxes of the cache's stability record) runs only the prompt
+encoder and mask decoder on the previous output's embedding, never the image encoder.
+
 Example::
 
     teacher = LiteMedSAMTeacher()                      # bundled checkpoint
@@ -18,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from medistill.data.preprocess import Geometry
 from medistill.teachers.base import Teacher, TeacherOutput, mask_uncertainty
 from medistill.teachers.litemedsam import preprocessing as prep
 
@@ -76,10 +81,21 @@ class LiteMedSAMTeacher(Teacher):
 
     def _predict(self, image: np.ndarray, boxes: np.ndarray) -> TeacherOutput:
         x, geometry = prep.preprocess_image(image, self.model.image_size)
-        embedding = self.encode(x)
+        return self._from_embedding(self.encode(x), geometry, boxes)
+
+    def _from_embedding(self, embedding: np.ndarray, geometry: Geometry, boxes: np.ndarray) -> TeacherOutput:
         low_res, iou = self.decode(embedding, prep.scale_boxes(boxes, geometry, self.model.image_size))
         masks = prep.logits_to_probabilities(low_res, geometry)
+        features = np.asarray(embedding, np.float32)
         return TeacherOutput(masks=masks, uncertainties=mask_uncertainty(masks),
-                             scores=iou.astype(np.float32), features=embedding.astype(np.float32),
+                             scores=iou.astype(np.float32), features=features,
                              feature_stride=self.model.image_size // embedding.shape[0], boxes=boxes,
-                             extras={"low_res_logits": low_res, "geometry": geometry.to_dict()})
+                             extras={"low_res_logits": low_res, "geometry": geometry.to_dict(),
+                                     "embedding": features})
+
+    def _predict_more(self, image: np.ndarray, boxes: np.ndarray, previous: TeacherOutput) -> TeacherOutput:
+        """Only the decoder: the embedding and geometry of ``previous`` (encoder again if absent)."""
+        embedding, geometry = previous.extras.get("embedding"), previous.extras.get("geometry")
+        if embedding is None or geometry is None:
+            return self._predict(image, boxes)
+        return self._from_embedding(embedding, Geometry.from_dict(geometry), boxes)
