@@ -147,7 +147,7 @@ def stability(masks: np.ndarray, jittered: np.ndarray, threshold: float = 0.5) -
 
     >>> m = np.zeros((1, 4, 4)); m[0, :2] = 1
     >>> j = np.stack([m, np.roll(m, 1, axis=1)])
-    >>> stability(m, j).round(3).tolist()
+    >>> [round(float(v), 3) for v in stability(m, j)]  # IoU 1 and 1/3
     [0.667]
     """
     masks, jittered = binarise(masks, threshold), binarise(jittered, threshold)
