@@ -320,7 +320,7 @@ def contact_sheet(path: str | os.PathLike, decisions: Decisions, cache_path: str
                                                    d.stem, d.index))[:max(int(count), 0)]
     columns = max(1, min(int(columns), len(worst) or 1))
     rows = max(1, math.ceil(len(worst) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.9 * rows), squeeze=False)
     with CacheReader(cache_path) as cache:
         for ax in axes.flat:
             ax.axis("off")
@@ -338,8 +338,9 @@ def contact_sheet(path: str | os.PathLike, decisions: Decisions, cache_path: str
                       extent=(cc.start, cc.stop, rr.stop, rr.start))
             ax.add_patch(Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False,
                                    edgecolor="yellow", linewidth=1.2))
-            reason = d.reason if len(d.reason) <= 90 else d.reason[:87] + "..."
-            wrapped = "\n".join(textwrap.wrap(reason, 40))
+            parts = d.reason.split("; ")
+            reason = parts[0] + (f" (+{len(parts) - 1} more)" if len(parts) > 1 else "")
+            wrapped = "\n".join(textwrap.wrap(reason, 42)[:4])
             ax.set_title(f"{d.stem} #{d.index}: {d.action} w={d.weight:.2f}\n{wrapped}", fontsize=6.5)
     if not worst:
         axes.flat[0].text(0.5, 0.5, "no masks in the cache", ha="center", va="center")
