@@ -219,3 +219,73 @@ def test_every_checkpoint_damaged_is_a_clear_error(tmp_path):
     data.write_bytes(data.read_bytes()[:10])
     with pytest.raises(MedistillError, match="ckpt-1"):
         repair_checkpoints(folder)
+
+
+# --------------------------------------------------------------------------- item 2: predict_eval outputs
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> dict[str, Path]:
+    """4 phantoms (32 px) and an untrained tiny U-Net exported as a run folder."""
+    import keras
+
+    from medistill.cli import main
+    from medistill.data.preprocess import PreprocessConfig
+    from medistill.export import ModelCard, save_model_artifacts
+    from medistill.networks import build_student
+
+    root = tmp_path_factory.mktemp("tiny")
+    assert main(["phantoms", "--out", str(root / "data"), "--n", "4", "--size", "32", "--seed", "0"]) == 0
+    keras.utils.set_random_seed(0)
+    model = build_student("unet", in_channels=1, num_classes=1, base_filters=4, depth=2)
+    save_model_artifacts(model, root / "run", ModelCard(PreprocessConfig(size=32), 2))
+    return {"images": root / "data" / "images", "masks": root / "data" / "masks", "run": root / "run"}
+
+
+def predict_eval(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "predict_eval.py", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("layout", ["vis_is_images", "vis_holds_images", "pred_in_masks", "out_in_images"])
+def test_predict_eval_never_writes_among_its_inputs(tiny_model, tmp_path, layout):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_model["images"].parent, data)
+    images, masks = data / "images", data / "masks"
+    first = sorted(os.listdir(images))[0]  # an input named like an output file
+    (images / "dice_distribution.png").write_bytes((images / first).read_bytes())
+    (masks / "dice_distribution.png").write_bytes((masks / first).read_bytes())
+    before = files_of(data)
+    extra = {"vis_is_images": ["--vis_dir", str(images)],
+             "vis_holds_images": ["--vis_dir", str(data)],
+             "pred_in_masks": ["--vis_dir", str(tmp_path / "vis"), "--pred_dir", str(masks / "pred")],
+             "out_in_images": ["--out", str(images / "metrics.csv")]}[layout]
+    result = predict_eval("--image_dir", str(images), "--mask_dir", str(masks), "--model_path",
+                          str(tiny_model["run"]), *extra)
+    assert result.returncode == 2, result.stderr
+    assert "--image_dir" in result.stderr or "--mask_dir" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert files_of(data) == before  # no input replaced, no file added
+    assert not (tmp_path / "vis").exists()
+
+
+def test_a_killed_evaluation_leaves_the_earlier_outputs_consistent(tiny_model, tmp_path, monkeypatch):
+    from medistill.evaluate import predict_eval as module
+    from medistill.evaluate.predict_eval import EvalConfig, predict_and_evaluate
+
+    vis = tmp_path / "vis"
+    first = EvalConfig(image_dir=str(tiny_model["images"]), mask_dir=str(tiny_model["masks"]),
+                       model_path=str(tiny_model["run"]), vis_dir=str(vis), threshold=0.5)
+    predict_and_evaluate(first)
+    before = files_of(vis)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the run stops after the metrics, before the end
+
+    monkeypatch.setattr(module, "plot_metric_distribution", killed)
+    with pytest.raises(KeyboardInterrupt):
+        predict_and_evaluate(EvalConfig(**{**first.__dict__, "threshold": 0.9}))
+    assert files_of(vis) == before
+    assert json.loads((vis / "eval_config.json").read_text())["threshold"] == 0.5
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-eval")]
