@@ -3,10 +3,16 @@
 Example::
 
     python -m medistill teach --image_dir data/images --boxes boxes.json \\
-        --teacher litemedsam --out runs/teacher.h5
+        --teacher litemedsam --out runs/teacher.h5 --quality-report runs/quality
 
 A killed run resumes when the same command is run again; a cache made with another
-teacher or boxes file is refused unless ``--overwrite`` is given.
+teacher, boxes file or quality settings is refused unless ``--overwrite`` is given, and
+so is a cache reused with other images (their hashes differ). Each mask gets a quality
+record (teacher score, stability under ``--jitter`` box jitter over ``--jitter-draws``
+draws, fill ratio, components, area); ``--quality-report DIR`` then writes the
+label-free keep / down-weight / drop decisions (``quality_decisions.csv``), the
+lowest-weighted masks over their images (``quality_contact_sheet.png``) and a summary
+(``quality_summary.json``); see ``docs/pseudo_label_quality.md``.
 """
 
 from __future__ import annotations
@@ -23,16 +29,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="litemedsam | litemedsam:/path/to.pth | grabcut | sam:<preset-or-dir> | tiny-sam "
                         "(default litemedsam)")
     parser.add_argument("--out", required=True, help="the HDF5 cache to write (resumed if it exists)")
-    parser.add_argument("--overwrite", action="store_true", help="rebuild an existing cache from scratch")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="rebuild an existing teacher cache from scratch (never deletes other files)")
+    parser.add_argument("--jitter", type=float, default=0.05,
+                        help="stability: largest move of each box edge, fraction of the box size (default 0.05)")
+    parser.add_argument("--jitter-draws", type=int, default=3,
+                        help="stability: jittered boxes per box (default 3; 0 turns stability off)")
+    parser.add_argument("--quality-report", metavar="DIR",
+                        help="write the quality-control decisions, contact sheet and summary to DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     from medistill.teachers.cache import build_cache
+    from medistill.teachers.quality import QualitySettings
     from medistill.teachers.registry import build_teacher
 
+    settings = QualitySettings(jitter=args.jitter, draws=args.jitter_draws)
     teacher = build_teacher(args.teacher)
     summary = build_cache(teacher, args.image_dir, args.boxes, args.out, overwrite=args.overwrite,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, quality=settings)
+    if args.quality_report:
+        summary["quality_report"] = quality_report(args.out, args.image_dir, args.quality_report)
     print(json.dumps({"out": args.out, "teacher": args.teacher, **summary}))
     return 0
+
+
+def quality_report(cache: str, image_dir: str, out_dir: str) -> dict:
+    """Decisions CSV, contact sheet and summary JSON of a cache in ``out_dir``; the summary."""
+    from pathlib import Path
+
+    from medistill.distill.meddistill import quality_control as qc
+    from medistill.fileio import write_json_atomic
+
+    out = Path(out_dir)
+    decisions = qc.decide_cache(cache)
+    qc.write_decisions_csv(out / "quality_decisions.csv", decisions)
+    qc.contact_sheet(out / "quality_contact_sheet.png", decisions, cache, image_dir=image_dir)
+    result = qc.summary(decisions)
+    write_json_atomic(out / "quality_summary.json", result)
+    return {key: result[key] for key in ("masks", "keep", "down-weight", "drop", "mean_image_weight")}

@@ -118,3 +118,22 @@ def test_dropped_masks_are_worse_on_phantoms(phantom_cache):
             dice[d.action].append(2 * (pred & inside).sum() / max(pred.sum() + inside.sum(), 1))
     assert dice["keep"] and dice["drop"]
     assert np.mean(dice["drop"]) < np.mean(dice["keep"]) - 0.2
+
+
+def test_cli_teach_writes_the_quality_report(phantom_cache, tmp_path, capsys):
+    import json
+
+    from medistill.cli import main
+
+    args = ["teach", "--image_dir", str(phantom_cache / "ph" / "images"), "--boxes", str(phantom_cache / "boxes.json"),
+            "--teacher", "grabcut", "--out", str(tmp_path / "c.h5"), "--jitter", "0.1", "--jitter-draws", "2",
+            "--quality-report", str(tmp_path / "q"), "--no-progress"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["quality_report"]
+    assert summary["keep"] + summary["down-weight"] + summary["drop"] == summary["masks"] > 0
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == [
+        "quality_contact_sheet.png", "quality_decisions.csv", "quality_summary.json"]
+    from medistill.teachers.cache import CacheReader
+
+    with CacheReader(tmp_path / "c.h5") as cache:
+        assert (cache.quality_settings.jitter, cache.quality_settings.draws) == (0.1, 2)
