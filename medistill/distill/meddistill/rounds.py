@@ -1,0 +1,582 @@
+"""Refinement rounds: the student's masks become the teacher's next prompts (``--rounds K``).
+
+Round 1 distils from the detector's boxes. After round ``k``, the round-``k`` student
+predicts every image of the boxes file (training and held-out images alike, at the
+original resolution, with :func:`medistill.export.load_predictor`); its components become
+box prompts merged with the detector's boxes (:mod:`.prompts`), the teacher runs again on
+them into a new cache, and round ``k + 1`` distils from the refined targets, starting from
+round ``k``'s student (``init_from``). The detector's boxes stay the anchor: every round's
+prompts are merged from the newest student and the detector's original boxes, never from
+the previous round's merged boxes. ``docs/refinement_rounds.md`` says all this for users.
+
+Layout of ``OUT``::
+
+    OUT/config.json, .medistill-run.json   the whole command (rounds = K); a rerun resumes
+    OUT/rounds/<k>/boxes.json               round k's prompts (round 1: the detector's file, copied)
+    OUT/rounds/<k>/teacher_cache.h5         the teacher on those prompts (round 1: --cache if given)
+    OUT/rounds/<k>/run/                     round k's MedDistill run folder (student.keras, ...)
+    OUT/rounds/<k>/heldout_masks.npz        round k's student masks of the held-out images
+    OUT/rounds/<k>/round.json               written last: the round is finished
+    OUT/rounds.csv, OUT/rounds.log          one row per round; the log of the rounds
+    OUT/student.keras, saved_model/, preprocessing.json, summary.json, history.csv, curves.png
+                                            the selected round's student (predict_eval.py --model_path OUT)
+
+**Resuming.** Each step is kept on disk as it finishes: the boxes file (atomic), the teacher
+cache (per image), the run (per epoch, by the trainer), the held-out masks and the next
+round's boxes, then ``round.json``. Rerunning the same command skips finished rounds
+(those with ``round.json``) and resumes the unfinished one where it stopped. Raising
+``--rounds`` later continues after the last round unless the stopping rule had ended them.
+
+**Negatives.** The next round's boxes file lists in ``source["confirmed_negatives"]`` the
+images that have no box in the merged prompts although the student was asked: no detector
+box, no student box, and nothing the student was unsure of (every component it saw, if
+any, had been rejected by the teacher). The trainer trusts those as negatives at full
+weight; other images without a box stay ambiguous and keep a lower weight.
+
+**Label-free score, stopping and selection.** A round's score is the agreement Dice, at
+the original resolution, between its student's mask and its teacher's fused mask on the
+held-out images (the trainer's split, the same in every round), averaged over the
+held-out images where either finds something (1.0 when none does). After round ``k ≥ 2``
+the rounds stop when
+
+* the score gained less than ``StopRule.margin`` (0.01) over round ``k − 1``, or
+* the students of rounds ``k − 1`` and ``k`` agree on the held-out images (mean Dice over
+  the images where either finds something) at least ``StopRule.converged`` (0.98): the
+  next prompts would hardly move;
+
+and after any round when its student gives exactly the prompts of the round it was trained
+on (the next round would repeat it), or when ``--rounds`` is reached. The exported round
+is the one with the highest score (the earlier one on a tie).
+
+Example::
+
+    config = MedDistillConfig(image_dir="data/images", boxes="boxes.json", out="runs/r3",
+                              teacher="litemedsam", rounds=3)
+    run_rounds(config)     # runs/r3/student.keras is the selected round's student
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from medistill.boxes.boxes_file import Box, BoxesFile, ImageBoxes, read_boxes, write_boxes
+from medistill.distill.meddistill import data as md
+from medistill.distill.meddistill.config import MedDistillConfig
+from medistill.distill.meddistill.prompts import (
+    PromptRule,
+    is_confirmed_negative,
+    merge_prompts,
+    student_boxes,
+    teacher_rejects,
+)
+from medistill.errors import MedistillError
+from medistill.fileio import atomic_path, file_sha256, write_json_atomic, write_text_atomic
+
+log = logging.getLogger("medistill.distill")
+
+ROUNDS_DIR = "rounds"
+BOXES_NAME = "boxes.json"
+CACHE_NAME = "teacher_cache.h5"
+RUN_NAME = "run"
+HELDOUT_NAME = "heldout_masks.npz"
+RECORD_NAME = "round.json"
+CSV_NAME = "rounds.csv"
+LOG_NAME = "rounds.log"
+SOURCE_KIND = "student-round"
+# Copied from the selected round's run folder into OUT (student.keras and preprocessing.json
+# are required; saved_model/ is copied as a folder).
+EXPORTED_FILES = ("student.keras", "preprocessing.json", "history.csv", "curves.png", "loss_terms.png")
+CSV_COLUMNS = ("round", "boxes", "replaced", "kept", "added", "teacher_rejected", "images_gaining",
+               "images_losing", "confirmed_negatives", "ambiguous_negatives", "score", "val_dice",
+               "agreement_previous", "decision", "selected")
+SELECTION_RULE = ("the round with the highest held-out agreement Dice between its student and its teacher "
+                  "(original resolution); the earlier round on a tie")
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When the rounds end early (see the module docstring)."""
+
+    margin: float = 0.01      # stop when the score gains less than this over the previous round
+    converged: float = 0.98   # stop when two successive students agree at least this much
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RoundPaths:
+    """The files of round ``number`` under ``OUT/rounds/<number>/``."""
+
+    folder: Path
+    number: int
+
+    @property
+    def boxes(self) -> Path:
+        return self.folder / BOXES_NAME
+
+    @property
+    def cache(self) -> Path:
+        return self.folder / CACHE_NAME
+
+    @property
+    def run(self) -> Path:
+        return self.folder / RUN_NAME
+
+    @property
+    def heldout(self) -> Path:
+        return self.folder / HELDOUT_NAME
+
+    @property
+    def record(self) -> Path:
+        return self.folder / RECORD_NAME
+
+
+def round_paths(out: str | Path, number: int) -> RoundPaths:
+    """The paths of round ``number`` (1-based) of the rounds run in ``out``."""
+    return RoundPaths(Path(out) / ROUNDS_DIR / str(number), number)
+
+
+def round_config(config: MedDistillConfig, paths: RoundPaths) -> MedDistillConfig:
+    """The one-round configuration :func:`train_meddistill` runs for round ``paths.number``.
+
+    Round 1 keeps ``--cache`` (a cache of the detector's boxes) and ``--init-from`` when
+    given; round ``k + 1`` starts from round ``k``'s run folder.
+    """
+    first = paths.number == 1
+    cache = config.cache if first and config.cache else str(paths.cache)
+    init_from = config.init_from if first else str(round_paths(config.out, paths.number - 1).run)
+    return dataclasses.replace(config, rounds=1, out=str(paths.run), boxes=str(paths.boxes), cache=cache,
+                               init_from=init_from, overwrite=False)
+
+
+# --------------------------------------------------------------------------- predicting
+
+
+def predict_images(run_dir: str | Path, image_dir: str | Path, entries: Sequence[ImageBoxes],
+                   batch: int = 8) -> Iterator[tuple[ImageBoxes, np.ndarray]]:
+    """``(entry, probability (H, W))`` for every entry, predicted by ``run_dir``'s student.
+
+    The run's recorded preprocessing is applied and the map is restored to the image's
+    original resolution (:class:`medistill.export.Predictor`), ``batch`` images at a time.
+    """
+    from medistill.data.preprocess import preprocess_image
+    from medistill.export import load_predictor
+
+    predictor = load_predictor(run_dir)
+    for start in range(0, len(entries), batch):
+        chunk = list(entries[start:start + batch])
+        prepared = [preprocess_image(md.read_entry_image(e, image_dir), predictor.card.preprocess) for e in chunk]
+        probs = predictor.predict_batch([x for x, _ in prepared], [g for _, g in prepared])
+        for entry, prob in zip(chunk, probs):
+            yield entry, np.asarray(prob, np.float32)
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Dice of two binary masks; None when both are empty (the image says nothing)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = int(a.sum()) + int(b.sum())
+    if total == 0:
+        return None
+    return 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def mean_agreement(values: Sequence[float | None]) -> float:
+    """Mean over the informative images (not None); 1.0 when there is none."""
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else 1.0
+
+
+def _save_masks(path: Path, masks: dict[str, np.ndarray]) -> None:
+    stems = sorted(masks)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, stems=np.array(stems, dtype=str),
+                                **{f"m{i}": masks[s].astype(bool) for i, s in enumerate(stems)})
+
+
+def load_masks(path: str | Path) -> dict[str, np.ndarray]:
+    """The held-out masks a round saved: ``{stem: (H, W) bool}``."""
+    with np.load(path) as data:
+        return {str(s): data[f"m{i}"] for i, s in enumerate(data["stems"])}
+
+
+# --------------------------------------------------------------------------- the next prompts
+
+
+def _prompt_key(boxes: BoxesFile) -> tuple:
+    """What the teacher sees of a boxes file (and which images are trusted negatives)."""
+    images = tuple((e.stem, tuple((tuple(b.xyxy), b.class_id) for b in e.boxes)) for e in boxes.images)
+    return images, tuple(sorted(boxes.source.get("confirmed_negatives", [])))
+
+
+def _prompt_stats(boxes: BoxesFile) -> dict[str, Any]:
+    """A round's own prompts: the statistics its boxes file recorded (round 1: the detector's)."""
+    if boxes.source.get("kind") == SOURCE_KIND:
+        return dict(boxes.source.get("stats", {}))
+    empty = sum(1 for e in boxes.images if not e.boxes)
+    return {"boxes": boxes.num_boxes, "replaced": 0, "kept": boxes.num_boxes, "added": 0, "teacher_rejected": 0,
+            "images_gaining": 0, "images_losing": 0, "confirmed_negatives": 0, "ambiguous_negatives": empty}
+
+
+@dataclass
+class StudentPass:
+    """What one pass of round ``k``'s student over all images gives."""
+
+    next_boxes: BoxesFile
+    score: float
+    agreement_previous: float | None
+    heldout: int
+
+
+def student_pass(config: MedDistillConfig, paths: RoundPaths, detector: BoxesFile, current: BoxesFile,
+                 heldout: set[str], rule: PromptRule) -> StudentPass:
+    """Predict every image with round ``k``'s student; build round ``k + 1``'s boxes file.
+
+    Also scores the round (held-out agreement with its teacher) and saves the held-out
+    masks; ``current`` is round ``k``'s boxes file, ``detector`` the detector's.
+    """
+    k = paths.number
+    cache_path = round_config(config, paths).cache_path()
+    previous_masks = load_masks(round_paths(config.out, k - 1).heldout) if k > 1 else {}
+    ours = current.source.get("kind") == SOURCE_KIND  # round 1's boxes are the detector's
+    added_now = current.source.get("added", {}) if ours else {}
+    rejected = {stem: [list(map(float, xyxy)) for xyxy in boxes]  # carried over: never proposed again
+                for stem, boxes in (current.source.get("rejected", {}) if ours else {}).items()}
+    by_stem = detector.by_stem()
+    stats: Counter = Counter()
+    entries, added, confirmed = [], {}, []
+    teacher_scores, student_scores, masks = [], [], {}
+    with h5py.File(cache_path, "r") as cache:
+        bar = tqdm(total=len(current.images), desc=f"round {k} student -> prompts", unit="image")
+        for entry, prob in predict_images(paths.run, config.image_dir, current.images, config.batch):
+            if prob.shape[:2] != (entry.height, entry.width):
+                raise MedistillError(f"{paths.run}: the student's map of {entry.stem!r} is {prob.shape[:2]}, "
+                                     f"the image {entry.height}x{entry.width}; the run folder is damaged "
+                                     "(delete it and rerun)")
+            group = cache.get(f"images/{entry.stem}")
+            if group is None:
+                raise MedistillError(f"{cache_path}: no entry for image {entry.stem!r}; the cache is not round "
+                                     f"{k}'s (delete it and rerun to rebuild it)")
+            for index in added_now.get(entry.stem, []):  # the teacher's verdict on the student's added boxes
+                if teacher_rejects(group["masks"][index:index + 1], entry.height, entry.width, rule)[0]:
+                    rejected.setdefault(entry.stem, []).append(list(entry.boxes[index].xyxy))
+                    stats["teacher_rejected"] += 1
+            original = by_stem.get(entry.stem)
+            if original is None:
+                raise MedistillError(f"{config.boxes}: image {entry.stem!r} of round {k}'s boxes is missing from "
+                                     "the detector's boxes file; it changed since the rounds began (use another "
+                                     "--out, or --overwrite)")
+            merged = merge_prompts(original.boxes, student_boxes(prob, rule), entry.width, entry.height, rule,
+                                   [Box(*xyxy) for xyxy in rejected.get(entry.stem, [])])
+            for origin in ("replaced", "kept", "added"):
+                stats[origin] += merged.count(origin)
+            for reason, count in merged.skipped.items():
+                stats[f"skipped_{reason}"] += count
+            if merged.added:
+                added[entry.stem] = merged.added
+            if not merged.boxes:
+                if is_confirmed_negative(original.boxes, merged):
+                    confirmed.append(entry.stem)
+                else:
+                    stats["ambiguous_negatives"] += 1
+            stats["images_gaining"] += int(not entry.boxes and bool(merged.boxes))
+            stats["images_losing"] += int(bool(entry.boxes) and not merged.boxes)
+            entries.append(dataclasses.replace(entry, boxes=merged.boxes))
+            if entry.stem in heldout:
+                mask = prob > 0.5
+                teacher_scores.append(agreement(mask, group["fused"][()] > 0.5))
+                if entry.stem in previous_masks:
+                    student_scores.append(agreement(mask, previous_masks[entry.stem]))
+                masks[entry.stem] = mask
+            bar.update(1)
+        bar.close()
+    _save_masks(paths.heldout, masks)
+    summary = {"boxes": sum(len(e.boxes) for e in entries), "replaced": stats["replaced"], "kept": stats["kept"],
+               "added": stats["added"], "teacher_rejected": stats["teacher_rejected"],
+               "images_gaining": stats["images_gaining"], "images_losing": stats["images_losing"],
+               "confirmed_negatives": len(confirmed), "ambiguous_negatives": stats["ambiguous_negatives"],
+               "skipped_inside": stats["skipped_inside"], "skipped_rejected": stats["skipped_rejected"],
+               "skipped_unconfident": stats["skipped_unconfident"]}
+    source = {"kind": SOURCE_KIND, "round": k, "student": str(paths.run), "detector_boxes": str(config.boxes),
+              "detector_sha256": file_sha256(config.boxes), "rule": rule.to_dict(),
+              "confirmed_negatives": sorted(confirmed), "added": added,
+              "rejected": {stem: boxes for stem, boxes in sorted(rejected.items()) if boxes}, "stats": summary}
+    next_boxes = BoxesFile(class_names=list(detector.class_names), images=entries, source=source)
+    return StudentPass(next_boxes, mean_agreement(teacher_scores),
+                       mean_agreement(student_scores) if k > 1 else None, len(masks))
+
+
+def stop_reasons(score: float, previous: dict | None, agreement_previous: float | None, unchanged: bool,
+                 stop: StopRule) -> list[str]:
+    """The label-free reasons to end the rounds after this one (empty: go on)."""
+    reasons = []
+    if previous is not None and score - float(previous["score"]) < stop.margin:
+        reasons.append(f"no gain: held-out agreement {score:.4f} after {float(previous['score']):.4f} "
+                       f"(less than +{stop.margin})")
+    if agreement_previous is not None and agreement_previous >= stop.converged:
+        reasons.append(f"converged: this student and the previous one agree {agreement_previous:.4f} "
+                       f">= {stop.converged} on the held-out images")
+    if unchanged:
+        reasons.append("prompts unchanged: the next round would repeat this one")
+    return reasons
+
+
+# --------------------------------------------------------------------------- one round
+
+
+class _Teacher:
+    """The teacher, built once and only when a cache needs it."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec, self._teacher = spec, None
+
+    def get(self):
+        if self._teacher is None:
+            from medistill.teachers.registry import build_teacher
+
+            self._teacher = build_teacher(self.spec)
+        return self._teacher
+
+
+def _first_boxes(config: MedDistillConfig, paths: RoundPaths) -> None:
+    """Round 1's boxes file: the detector's, copied byte for byte (its cache stays valid)."""
+    wanted = file_sha256(config.boxes)
+    if paths.boxes.exists():
+        if file_sha256(paths.boxes) != wanted:
+            raise MedistillError(f"{config.boxes} changed since round 1 copied it to {paths.boxes}; the rounds "
+                                 "in --out were made from other boxes: use another --out, or --overwrite")
+        return
+    with atomic_path(paths.boxes) as tmp:
+        shutil.copyfile(config.boxes, tmp)
+
+
+def _run_round(config: MedDistillConfig, paths: RoundPaths, detector: BoxesFile, heldout: set[str],
+               previous: dict | None, teacher: _Teacher, rule: PromptRule, stop: StopRule) -> dict:
+    from medistill.distill.meddistill.trainer import train_meddistill
+    from medistill.teachers.cache import build_cache
+
+    started = time.perf_counter()
+    k = paths.number
+    if k == 1:
+        _first_boxes(config, paths)
+    elif not paths.boxes.exists():
+        raise MedistillError(f"{paths.boxes} is missing although round {k - 1} went on to round {k}; delete "
+                             f"{round_paths(config.out, k - 1).record} and rerun to rebuild it")
+    current = read_boxes(paths.boxes)
+    one = round_config(config, paths)
+    log.info("round %d/%d: %d box(es) on %d image(s) (%s)", k, config.rounds, current.num_boxes,
+             len(current.images), current.source.get("kind", "detector"))
+    if not config.live_teacher:
+        cache = build_cache(teacher.get(), config.image_dir, paths.boxes, one.cache_path())
+        log.info("round %d teacher cache %s: %s", k, one.cache_path(), cache)
+    run_dir = Path(train_meddistill(one))
+    found = student_pass(config, paths, detector, current, heldout, rule)
+    unchanged = _prompt_key(found.next_boxes) == _prompt_key(current)
+    reasons = stop_reasons(found.score, previous, found.agreement_previous, unchanged, stop)
+    stats = found.next_boxes.source["stats"]
+    log.info("round %d: held-out agreement with its teacher %.4f%s; next prompts: %d box(es) (%d replaced, "
+             "%d kept, %d added, %d teacher-rejected), %d image(s) gaining and %d losing boxes", k, found.score,
+             "" if found.agreement_previous is None else f", with round {k - 1}'s student {found.agreement_previous:.4f}",
+             stats["boxes"], stats["replaced"], stats["kept"], stats["added"], stats["teacher_rejected"],
+             stats["images_gaining"], stats["images_losing"])
+    log.info("round %d negatives rule: of the images without a box in the next prompts, %d confirmed negatives "
+             "(no detector box, no student box, nothing unsure; trusted at full weight) and %d ambiguous (the "
+             "student sees something it is unsure of; left to the trainer's lower weight)", k,
+             stats["confirmed_negatives"], stats["ambiguous_negatives"])
+    next_path = None
+    if reasons:
+        log.info("round %d: the rounds stop (%s)", k, "; ".join(reasons))
+    else:
+        next_path = round_paths(config.out, k + 1).boxes
+        write_boxes(next_path, found.next_boxes)
+    summary = _read_json(run_dir / "summary.json")
+    record = {"round": k, "run": str(run_dir), "boxes": str(paths.boxes), "cache": str(one.cache_path()),
+              "score": round(found.score, 6), "val_dice": summary.get("best_val_dice"),
+              "agreement_previous": None if found.agreement_previous is None else round(found.agreement_previous, 6),
+              "heldout_images": found.heldout, "prompts": _prompt_stats(current), "next_prompts": stats,
+              "stop": bool(reasons), "reasons": reasons, "next_boxes": None if next_path is None else str(next_path),
+              "seconds": round(time.perf_counter() - started, 3)}
+    write_json_atomic(paths.record, record)
+    return record
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise MedistillError(f"{path} cannot be read ({error}); delete it and rerun to redo that step") from error
+
+
+def _finished(paths: RoundPaths) -> dict | None:
+    return _read_json(paths.record) if paths.record.exists() else None
+
+
+# --------------------------------------------------------------------------- selection, CSV, export
+
+
+def select_round(records: Sequence[dict]) -> dict:
+    """The record of the exported round: highest ``score``, the earlier round on a tie."""
+    if not records:
+        raise MedistillError("no finished round to select")
+    return max(records, key=lambda r: (float(r["score"]), -int(r["round"])))
+
+
+def _decision(record: dict, last: bool, limit: int) -> str:
+    if record["stop"]:
+        return "stop: " + "; ".join(record["reasons"])
+    if last and record["round"] >= limit:
+        return f"stop: --rounds {limit} reached"
+    return "continue"
+
+
+def rounds_table(records: Sequence[dict], limit: int) -> list[dict]:
+    """One row per round (the columns of ``rounds.csv``)."""
+    selected = select_round(records)["round"] if records else None
+    rows = []
+    for i, record in enumerate(records):
+        prompts = record["prompts"]
+        row = {name: prompts.get(name, 0) for name in CSV_COLUMNS[1:10]}
+        row.update(round=record["round"], score=record["score"], val_dice=record["val_dice"],
+                   agreement_previous=record["agreement_previous"],
+                   decision=_decision(record, i == len(records) - 1, limit),
+                   selected=record["round"] == selected)
+        rows.append(row)
+    return rows
+
+
+def _write_csv(out: Path, records: Sequence[dict], limit: int) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rounds_table(records, limit):
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    write_text_atomic(out / CSV_NAME, text.getvalue())
+
+
+def export_selected(out: str | Path, records: Sequence[dict], limit: int, rule: PromptRule, stop: StopRule) -> dict:
+    """Copy the selected round's student into ``out`` (each file atomically); return ``out/summary.json``."""
+    out = Path(out)
+    chosen = select_round(records)
+    run_dir = Path(chosen["run"])
+    for required in ("student.keras", "preprocessing.json", "summary.json"):
+        if not (run_dir / required).is_file():
+            raise MedistillError(f"{run_dir / required} is missing: round {chosen['round']}'s run did not export; "
+                                 f"delete {round_paths(out, chosen['round']).record} and rerun to redo that round")
+    for name in EXPORTED_FILES:
+        if (run_dir / name).is_file():
+            with atomic_path(out / name) as tmp:
+                shutil.copyfile(run_dir / name, tmp)
+        elif (out / name).exists():
+            (out / name).unlink()
+    if (run_dir / "saved_model").is_dir():
+        with atomic_path(out / "saved_model", suffix="") as tmp:
+            shutil.copytree(run_dir / "saved_model", tmp)
+    elif (out / "saved_model").is_dir():
+        shutil.rmtree(out / "saved_model")
+    table = rounds_table(records, limit)
+    summary = _read_json(run_dir / "summary.json")
+    summary["rounds"] = {
+        "selected": chosen["round"], "selected_run": str(run_dir), "selection_rule": SELECTION_RULE,
+        "rounds_run": len(records), "rounds_allowed": limit, "stopped": table[-1]["decision"],
+        "stop_rule": stop.to_dict(), "prompt_rule": rule.to_dict(),
+        "per_round": [{k: row[k] for k in ("round", "score", "val_dice", "agreement_previous", "boxes", "added",
+                                           "replaced", "confirmed_negatives", "decision", "selected")}
+                      for row in table],
+    }
+    write_json_atomic(out / "summary.json", summary)
+    log.info("rounds: exported round %d's student to %s (%s)", chosen["round"], out, table[-1]["decision"])
+    return summary
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _check(config: MedDistillConfig) -> None:
+    from medistill.distribute import worker_count
+
+    if config.live_teacher:
+        raise MedistillError("--rounds needs the teacher cache (each round reads its teacher's masks); "
+                             "drop --live-teacher")
+    if config.val_fraction <= 0:
+        raise MedistillError("--rounds needs held-out images for its label-free stopping and selection rules; "
+                             "set --val-fraction above 0 (e.g. 0.2)")
+    if worker_count() > 1:
+        raise MedistillError("--rounds runs on one machine (it predicts and rebuilds the teacher cache between "
+                             "rounds); unset TF_CONFIG and use the GPUs of one machine")
+
+
+def _check_previous(config: MedDistillConfig) -> None:
+    """Refuse rounds in ``OUT`` that were made with other settings (``--rounds`` itself may change)."""
+    out = Path(config.out)
+    saved = out / "config.json"
+    if config.overwrite or not saved.is_file() or not (out / ROUNDS_DIR).is_dir():
+        return
+    try:
+        previous = MedDistillConfig.load(saved)
+    except MedistillError:
+        return  # not ours: the run-folder check names the problem
+    changed = [name for name in config.differences(previous) if name != "rounds"]
+    if changed:
+        raise MedistillError(f"{out} holds refinement rounds made with other settings ({', '.join(changed)} "
+                             "differ). Use another --out folder, or --overwrite to replace them.")
+
+
+def run_rounds(config: MedDistillConfig, *, rule: PromptRule | None = None, stop: StopRule | None = None) -> Path:
+    """Run (or resume) up to ``config.rounds`` refinement rounds in ``config.out``; return ``config.out``.
+
+    ``rule`` (:class:`~medistill.distill.meddistill.prompts.PromptRule`) and ``stop``
+    (:class:`StopRule`) default to the documented settings.
+    """
+    from medistill.train.run_folder import add_file_log, prepare_run_folder, release_run_folder
+
+    rule, stop = rule or PromptRule(), stop or StopRule()
+    _check(config)
+    detector = read_boxes(config.boxes)
+    _, val_entries = md.split_entries(detector, config.image_dir, config.val_fraction, config.seed)
+    if not val_entries:
+        raise MedistillError(f"{config.boxes}: --val-fraction {config.val_fraction} holds out no image; --rounds "
+                             "needs held-out images (more images, or a larger --val-fraction)")
+    heldout = {e.stem for e in val_entries}
+    out = Path(config.out)
+    _check_previous(config)
+    prepare_run_folder(config, MedDistillConfig)
+    handler = add_file_log(out, LOG_NAME)
+    teacher = _Teacher(config.teacher)
+    records: list[dict] = []
+    try:
+        k = 1
+        while True:
+            paths = round_paths(out, k)
+            record = _finished(paths)
+            if record is None:
+                record = _run_round(config, paths, detector, heldout, records[-1] if records else None,
+                                    teacher, rule, stop)
+            else:
+                log.info("round %d: already finished (%s), not redone", k, paths.record)
+            records.append(record)
+            _write_csv(out, records, config.rounds)
+            if record["stop"] or k >= config.rounds:
+                break
+            k += 1
+        export_selected(out, records, config.rounds, rule, stop)
+    finally:
+        logging.getLogger("medistill").removeHandler(handler)
+        handler.close()
+        release_run_folder(out)
+    return out
