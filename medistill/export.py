@@ -145,8 +145,15 @@ def load_predictor(path: str | Path) -> Predictor:
         raise CheckpointError(f"{card_path} is damaged ({error}); re-export the model") from error
     for name in KERAS_NAMES if path.is_dir() else ():
         if (path / name).is_file():
+            if (path / "saved_model").is_dir():
+                log.info("%s holds %s and saved_model/: loading %s (safe mode); a SavedModel is code "
+                         "(its graph runs when loaded), so it is used only when it is given on its own",
+                         path, name, name)
             return Predictor(_load_keras(path / name), card, path)
     if path.is_dir() and (path / "saved_model.pb").is_file():
+        log.warning("%s is a SavedModel: loading it runs the TensorFlow graph stored in it, which can do "
+                    "anything a program can. Load only SavedModels you or medistill wrote; a run folder's "
+                    ".keras file (loaded in Keras' safe mode) is the safer choice.", path)
         return Predictor(_load_saved_model(path), card, path)
     if path.suffix == ".keras":
         return Predictor(_load_keras(path), card, path)
@@ -157,8 +164,14 @@ def _load_keras(path: Path):
     import medistill.networks  # noqa: F401  (registers the custom layers)
 
     try:
-        model = keras.saving.load_model(str(path), compile=False)
+        # safe_mode: a Lambda layer's pickled Python code is refused, not run.
+        model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
     except Exception as error:  # Keras raises many types for a damaged archive
+        if "safe_mode" in str(error):
+            raise CheckpointError(
+                f"refused to load {path}: it holds Python code (a Lambda layer), which Keras' safe mode does "
+                "not run. medistill's students have none; use a model exported by medistill, or one you "
+                "trust enough to load yourself with safe_mode=False.") from error
         raise CheckpointError(f"cannot load {path}: {error}. The file is damaged or not a Keras model; "
                               "re-export it from its run folder.") from error
     return tf.function(lambda x: model(x, training=False), reduce_retracing=True)

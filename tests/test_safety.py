@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from medistill.errors import MedistillError
@@ -289,3 +290,85 @@ def test_a_killed_evaluation_leaves_the_earlier_outputs_consistent(tiny_model, t
     assert files_of(vis) == before
     assert json.loads((vis / "eval_config.json").read_text())["threshold"] == 0.5
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-eval")]
+
+
+# --------------------------------------------------------------------------- item 3: weights are code
+
+MAKE_WEIGHTS = """
+import os, sys
+from pathlib import Path
+from medistill.boxes.offline import ultralytics_session
+
+folder = Path(sys.argv[1])
+with ultralytics_session() as ultralytics:
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(folder / "pwned"),))
+
+    torch.save({"model": Payload(), "train_args": {}}, folder / "evil.pt")
+    ultralytics.YOLO("yolo11n.yaml").save(str(folder / "real.pt"))
+"""
+
+
+def test_a_crafted_pt_is_refused_and_a_real_one_loads(tmp_path):
+    import numpy as np
+
+    from medistill.data import write_image_png
+
+    made = subprocess.run([sys.executable, "-c", MAKE_WEIGHTS, str(tmp_path)], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "MEDISTILL_YOLO_CONFIG_DIR": str(tmp_path / "yolo")})
+    assert made.returncode == 0, made.stderr
+    assert not (tmp_path / "pwned").exists()
+    write_image_png(tmp_path / "images" / "a.png", np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8))
+
+    def predict(weights: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "detection.py", "predict", "--weights", str(tmp_path / weights), "--image_dir",
+             str(tmp_path / "images"), "--out", str(tmp_path / f"{weights}.json"), "--device", "cpu"],
+            capture_output=True, text=True, cwd=ROOT,
+            env={**os.environ, "MEDISTILL_YOLO_CONFIG_DIR": str(tmp_path / "yolo")})
+
+    evil = predict("evil.pt")
+    assert evil.returncode == 2, evil.stderr
+    assert not (tmp_path / "pwned").exists(), "the crafted checkpoint ran code"
+    assert "evil.pt" in evil.stderr and "could run any code" in evil.stderr and "Traceback" not in evil.stderr
+    real = predict("real.pt")
+    assert real.returncode == 0, real.stderr
+    assert (tmp_path / "real.pt.json").is_file()
+
+
+@pytest.fixture
+def medistill_logs(caplog):
+    """caplog that sees medistill's own logger (which does not propagate after setup_logging)."""
+    logger = logging.getLogger("medistill")
+    old = logger.propagate
+    logger.propagate = True
+    with caplog.at_level(logging.INFO, logger="medistill"):
+        yield caplog
+    logger.propagate = old
+
+
+def test_a_run_folder_loads_its_keras_file_not_its_saved_model(tiny_model, medistill_logs):
+    from medistill.export import load_predictor
+
+    predictor = load_predictor(tiny_model["run"])
+    assert "SavedModel is code" in medistill_logs.text and "model.keras" in medistill_logs.text
+    assert predictor.predict(np.zeros((32, 32, 1), np.float32)).shape == (32, 32)
+
+
+def test_a_keras_file_with_code_is_refused(tiny_model, tmp_path):
+    import shutil
+
+    import keras
+
+    from medistill.errors import CheckpointError
+    from medistill.export import load_predictor
+
+    inputs = keras.Input((32, 32, 1))
+    outputs = keras.layers.Lambda(lambda x: x * 2.0)(inputs)  # Python bytecode inside the file
+    keras.Model(inputs, outputs).save(tmp_path / "model.keras")
+    shutil.copy(tiny_model["run"] / "preprocessing.json", tmp_path / "preprocessing.json")
+    with pytest.raises(CheckpointError, match="safe mode"):
+        load_predictor(tmp_path / "model.keras")

@@ -41,6 +41,7 @@ import importlib.util
 import logging
 import math
 import os
+import pickle
 import platform
 import re
 import shutil
@@ -196,6 +197,12 @@ def _load_yolo(ultralytics, weights: Path):
     try:
         model = ultralytics.YOLO(str(weights))
     except Exception as error:  # torch/pickle raise many types for damaged files
+        if "outside the supported" in str(error) or isinstance(error, pickle.UnpicklingError):
+            raise CheckpointError(
+                f"refused to load the weights {weights}: the file names Python objects that are not "
+                "ultralytics' or torch's model classes, and unpickling them could run any code. medistill "
+                "loads .pt files safely (ULTRALYTICS_SAFE_LOAD=1); use a checkpoint written by ultralytics "
+                "(detection.py train), and never a .pt file from a source you do not trust") from error
         raise CheckpointError(f"cannot load the weights {weights}: {error} (is it a complete "
                               "ultralytics .pt file?)") from error
     if model.task != "detect":
@@ -297,7 +304,8 @@ def train_detector(config: DetectorTrainConfig) -> DetectorRun:
                 model = _load_yolo(ultralytics, resume_from)
                 model.train(resume=str(resume_from), data=str(data.path))
             else:
-                model = ultralytics.YOLO(model_spec)
+                model = (_load_yolo(ultralytics, Path(model_spec)) if model_spec.endswith(".pt")
+                         else ultralytics.YOLO(model_spec))
                 model.train(**args)
         except MedistillError:
             raise

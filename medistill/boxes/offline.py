@@ -5,6 +5,9 @@ first import it
 
 * sets ``YOLO_OFFLINE=1`` (ultralytics' online check answers "offline" without a DNS
   query) and ``YOLO_AUTOINSTALL=false`` (no pip install of missing extras);
+* sets ``ULTRALYTICS_SAFE_LOAD=1``: a ``.pt`` file is read with
+  ``torch.load(weights_only=True)`` and an allow-list of ultralytics' own classes, so a
+  crafted checkpoint cannot run code when it is unpickled (real checkpoints still load);
 * points ``YOLO_CONFIG_DIR`` at a folder of medistill's own,
   ``$MEDISTILL_YOLO_CONFIG_DIR`` or ``~/.cache/medistill/ultralytics`` (``$XDG_CACHE_HOME``
   respected), so a user's own ultralytics settings are neither used nor changed;
@@ -48,6 +51,9 @@ from medistill.errors import MedistillError
 log = logging.getLogger("medistill.boxes")
 
 CONFIG_DIR_ENV = "MEDISTILL_YOLO_CONFIG_DIR"
+# ultralytics' switch for restricted checkpoint loading: torch.load(weights_only=True) with
+# an allow-list of its own model classes, so a crafted .pt cannot run code when unpickled.
+SAFE_LOAD_ENV = "ULTRALYTICS_SAFE_LOAD"
 FONT_NAMES: tuple[str, ...] = ("Arial.ttf", "Arial.Unicode.ttf")
 DISABLED_SETTINGS = {
     "sync": False, "clearml": False, "comet": False, "dvc": False, "mlflow": False,
@@ -80,7 +86,16 @@ def prepare_offline_environment(config_dir: str | os.PathLike | None = None) -> 
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "false"
     os.environ["YOLO_CONFIG_DIR"] = str(folder)
+    os.environ[SAFE_LOAD_ENV] = "1"
     return folder
+
+
+def _force_safe_load() -> None:
+    """Turn safe loading on in an ultralytics that was imported before the variable was set."""
+    for name in ("ultralytics.utils", "ultralytics.nn.tasks"):
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "SAFE_LOAD", True) is not True:
+            module.SAFE_LOAD = True
 
 
 def _dejavu_sans() -> Path:
@@ -115,6 +130,7 @@ def import_ultralytics() -> ModuleType:
     for name in FONT_NAMES:
         if not (fonts / name).is_file():
             shutil.copyfile(_dejavu_sans(), fonts / name)
+    _force_safe_load()
     if any(SETTINGS.get(key) != value for key, value in DISABLED_SETTINGS.items()):
         SETTINGS.update(DISABLED_SETTINGS)
     if ONLINE:
