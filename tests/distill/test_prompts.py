@@ -142,3 +142,13 @@ def test_teacher_rejects_boxes_whose_mask_is_nearly_empty():
     masks[2] = 0.4             # nothing above 0.5
     assert teacher_rejects(masks, 20, 20, PromptRule(min_area=9)).tolist() == [False, True, True]
     assert teacher_rejects(np.zeros((0, 20, 20)), 20, 20).shape == (0,)
+
+
+def test_a_tight_detector_box_on_a_small_object_still_matches():
+    rule = PromptRule(min_area=4, margin_fraction=0.1, margin_pixels=2.0)
+    # a 5x5 object: its widened box (9x9) has IoU 0.31 with the tight box, the tight box 1.0
+    merged = merge_prompts([Box(10, 10, 15, 15, score=1.0)], [student(10, 10, 15, 15, score=0.9)], 64, 64, rule)
+    assert merged.origins == ["replaced"] and merged.boxes[0].xyxy == [8.0, 8.0, 17.0, 17.0]
+    # and a box rejected before blocks the same student box again, widened or not
+    again = merge_prompts([], [student(40, 40, 45, 45)], 64, 64, rule, rejected=[Box(38, 38, 47, 47)])
+    assert again.boxes == [] and again.skipped["rejected"] == 1

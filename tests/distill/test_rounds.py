@@ -263,3 +263,65 @@ def test_changed_settings_and_bad_options_are_refused(squares, fakes):
     (squares["root"] / "d" / "notes.txt").write_text("mine")
     with pytest.raises(MedistillError, match="not empty"):
         rounds.run_rounds(make_config(squares, squares["root"] / "d"))
+
+
+def test_real_rounds_on_phantoms_export_the_selected_round(tmp_path, monkeypatch):
+    """The real trainer: round 2 starts from round 1's weights; OUT predicts like the selected round."""
+    from medistill.boxes.oracle import boxes_from_masks
+    from medistill.data import load_sample, pair_folder
+    from medistill.data.phantoms import generate_phantoms
+    from medistill.evaluate.predict_eval import EvalConfig, predict_and_evaluate
+    from medistill.export import load_predictor
+    from medistill.train.loop import TrainingLoop
+
+    generate_phantoms(tmp_path / "ph", 10, size=64, seed=0)
+    write_boxes(tmp_path / "boxes.json", boxes_from_masks(tmp_path / "ph" / "masks", tmp_path / "ph" / "images"))
+    truth = {s.stem: load_sample(s)[1] for s in pair_folder(tmp_path / "ph" / "images", tmp_path / "ph" / "masks")}
+    real_predict = rounds.predict_images
+
+    def predict(run_dir, image_dir, entries, batch=8):
+        if round_of(run_dir) == 2:               # round 2: the real student
+            yield from real_predict(run_dir, image_dir, entries, batch)
+            return
+        for entry in entries:                    # round 1: a student that found the lesions
+            yield entry, (truth[entry.stem] > 0).astype(np.float32) * 0.95
+
+    starts: dict[str, list[np.ndarray]] = {}
+
+    class SpyLoop(TrainingLoop):
+        def fit(self, *args, **kwargs):
+            starts[self.run_dir.parent.name] = [w.copy() for w in self.model.get_weights()]
+            return super().fit(*args, **kwargs)
+
+    monkeypatch.setattr(rounds, "predict_images", predict)
+    monkeypatch.setattr(trainer_module, "TrainingLoop", SpyLoop)
+    out = tmp_path / "out"
+    config = MedDistillConfig(image_dir=str(tmp_path / "ph" / "images"), boxes=str(tmp_path / "boxes.json"),
+                              out=str(out), teacher="grabcut", student="unet", student_options=TINY, img_size=64,
+                              epochs=2, batch=4, lr=3e-3, val_fraction=0.2, seed=0, rounds=2)
+    rounds.run_rounds(config)
+
+    second = read_boxes(out / "rounds/2/boxes.json")
+    assert second.source["kind"] == "student-round" and second.source["stats"]["replaced"] > 0
+    with h5py.File(out / "rounds/2/teacher_cache.h5", "r") as cache:
+        assert cache.attrs["boxes_sha256"] == file_sha256(out / "rounds/2/boxes.json")
+    assert MedDistillConfig.load(out / "rounds/2/run/config.json").init_from == str(out / "rounds/1/run")
+    first = keras.saving.load_model(str(out / "rounds/1/run/student.keras"), compile=False).get_weights()
+    assert len(starts["2"]) == len(first)
+    assert all(np.array_equal(a, b) for a, b in zip(starts["2"], first))       # round 2 starts from round 1
+    assert not all(np.array_equal(a, b) for a, b in zip(starts["1"], first))   # (which trained)
+
+    summary = json.loads((out / "summary.json").read_text())
+    selected = out / f"rounds/{summary['rounds']['selected']}/run"
+    assert summary["rounds"]["selected_run"] == str(selected)
+    mine = keras.saving.load_model(str(out / "student.keras"), compile=False).get_weights()
+    theirs = keras.saving.load_model(str(selected / "student.keras"), compile=False).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(mine, theirs))
+    image = load_sample(pair_folder(tmp_path / "ph" / "images")[0])[0]
+    np.testing.assert_allclose(load_predictor(out).predict(image), load_predictor(selected).predict(image), atol=1e-6)
+    np.testing.assert_allclose(load_predictor(out / "saved_model").predict(image),
+                               load_predictor(selected).predict(image), atol=1e-5)
+    metrics = predict_and_evaluate(EvalConfig(image_dir=str(tmp_path / "ph" / "images"), model_path=str(out),
+                                              mask_dir=str(tmp_path / "ph" / "masks"),
+                                              out=str(tmp_path / "eval" / "metrics.csv")))
+    assert metrics is not None

@@ -20,8 +20,11 @@ score, the mean student probability over the component.
    segments what lies inside its box; a box cut exactly at a student's 0.5 contour cuts
    off whatever the student missed, and feeding that back round after round would shrink
    the targets. The margin gives the teacher the room a detector box gives it.
-2. Detector and widened student boxes are matched one to one, greedily by IoU (highest
-   first), when the IoU is at least ``match_iou``.
+2. Detector and student boxes are matched one to one, greedily by IoU (highest first),
+   when the IoU is at least ``match_iou``. The IoU of a pair is the larger of the
+   detector box's IoU with the student's tight box and with its widened box: a tight
+   detector box (boxes from masks) matches the tight box, a loose one the widened box;
+   on a small object the margin alone would otherwise push the IoU under the threshold.
 3. A matched detector box is **replaced** by the widened student box (class of the
    detector box, score the larger of the two). We replace rather than take the union
    (which can only grow, so a loose detector box could never become tight) or the
@@ -33,8 +36,9 @@ score, the mean student probability over the component.
 5. An unmatched student box is **added** only when the student is confident: score at
    least ``add_score`` and area at least ``add_area_factor`` times the minimum area. This
    is how images the detector missed get boxes. It is not added when it lies mostly
-   (``inside_fraction`` of its area) inside a detector box (a piece of an object that is
-   already prompted), nor when it matches (IoU ``match_iou``) a box the teacher has
+   (``inside_fraction`` of its tight box's area) inside a detector box (a piece of an
+   object that is already prompted), nor when it matches (IoU ``match_iou``, as in 2.) a
+   box the teacher has
    **rejected** before (:func:`teacher_rejects`: the teacher's mask at an added box had
    fewer than the minimum area of pixels above 0.5), so one student mistake is not
    proposed again in every round. Added boxes take class 0 (the student is binary).
@@ -255,8 +259,13 @@ def merge_prompts(detector: Sequence[Box], student: Sequence[StudentBox], width:
     added ones.
     """
     detector = list(detector)
-    widened = [widen(s.box, rule, width, height) for s in student]
-    pairs = greedy_matches(iou_matrix(detector, widened), rule.match_iou) if detector and widened else []
+    tight = [s.box for s in student]
+    widened = [widen(box, rule, width, height) for box in tight]
+
+    def iou(boxes: Sequence[Box]) -> np.ndarray:  # (len(boxes), len(student)): tight or widened, the better
+        return np.maximum(iou_matrix(boxes, tight), iou_matrix(boxes, widened))
+
+    pairs = greedy_matches(iou(detector), rule.match_iou) if detector and student else []
     partner = dict(pairs)
     boxes, origins = [], []
     for d, box in enumerate(detector):
@@ -275,10 +284,9 @@ def merge_prompts(detector: Sequence[Box], student: Sequence[StudentBox], width:
     if not unmatched:
         return result
     smallest = rule.min_pixels(height, width) * rule.add_area_factor
-    inside = (intersection_matrix(widened, detector).max(axis=1) / np.maximum(_areas(_xyxy(widened)), 1e-9)
-              if detector else np.zeros(len(widened)))
-    blocked = (iou_matrix(widened, list(rejected)).max(axis=1) >= rule.match_iou
-               if len(rejected) else np.zeros(len(widened), bool))
+    inside = (intersection_matrix(tight, detector).max(axis=1) / np.maximum(_areas(_xyxy(tight)), 1e-9)
+              if detector else np.zeros(len(student)))
+    blocked = (iou(list(rejected)).max(axis=0) >= rule.match_iou if len(rejected) else np.zeros(len(student), bool))
     for s in unmatched:
         if inside[s] >= rule.inside_fraction:
             result.skipped["inside"] += 1
