@@ -372,3 +372,58 @@ def test_a_keras_file_with_code_is_refused(tiny_model, tmp_path):
     shutil.copy(tiny_model["run"] / "preprocessing.json", tmp_path / "preprocessing.json")
     with pytest.raises(CheckpointError, match="safe mode"):
         load_predictor(tmp_path / "model.keras")
+
+
+# --------------------------------------------------------------------------- item 5: boxes file names
+
+
+def boxes_document(file: str, stem: str = "a") -> dict:
+    return {"format": "medistill.boxes", "version": 1, "class_names": ["lesion"], "source": {"kind": "masks"},
+            "images": [{"file": file, "stem": stem, "slice": None, "width": 32, "height": 32,
+                        "boxes": [{"xyxy": [2, 2, 10, 10], "score": 1.0, "class": 0}]}]}
+
+
+@pytest.mark.parametrize("file, stem", [("../secret.png", "a"), ("sub/../../secret.png", "a"),
+                                        ("/etc/secret.png", "a"), ("C:\\\\data\\\\a.png", "a"),
+                                        ("a.png", "../a"), ("a.png", "x/y")])
+def test_boxes_file_names_may_not_leave_the_image_folder(tmp_path, file, stem):
+    from medistill.boxes import read_boxes
+    from medistill.errors import DataError
+
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps(boxes_document(file, stem)))
+    with pytest.raises(DataError) as info:
+        read_boxes(path)
+    assert "images[0]" in str(info.value) and (repr(file) in str(info.value) or repr(stem) in str(info.value))
+
+
+def test_a_symlink_out_of_the_image_folder_is_refused(tmp_path):
+    import numpy as np
+
+    from medistill.boxes import check_image_paths, read_boxes
+    from medistill.data import write_image_png
+    from medistill.errors import DataError
+
+    write_image_png(tmp_path / "outside" / "secret.png", np.zeros((32, 32), np.uint8))
+    write_image_png(tmp_path / "images" / "b.png", np.zeros((32, 32), np.uint8))
+    (tmp_path / "images" / "a.png").symlink_to(tmp_path / "outside" / "secret.png")
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes_document("a.png")))
+    with pytest.raises(DataError, match="'a'.*outside"):
+        check_image_paths(read_boxes(tmp_path / "boxes.json"), tmp_path / "images")
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes_document("b.png", "b")))
+    check_image_paths(read_boxes(tmp_path / "boxes.json"), tmp_path / "images")  # a plain file is fine
+
+
+def test_cli_teach_refuses_a_boxes_entry_outside_the_image_folder(tmp_path):
+    import numpy as np
+
+    from medistill.data import write_image_png
+
+    write_image_png(tmp_path / "secret.png", np.zeros((32, 32), np.uint8))
+    (tmp_path / "images").mkdir()
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes_document("../secret.png")))
+    result = medistill("teach", "--image_dir", str(tmp_path / "images"), "--boxes", str(tmp_path / "boxes.json"),
+                       "--teacher", "grabcut", "--out", str(tmp_path / "cache.h5"))
+    assert result.returncode == 2, result.stderr
+    assert "../secret.png" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "cache.h5").exists()

@@ -11,6 +11,8 @@ from medistill.boxes.boxes_file import (
     Box,
     BoxesFile,
     ImageBoxes,
+    check_image_paths,
+    image_path,
     read_boxes,
     write_boxes,
 )
@@ -24,7 +26,9 @@ __all__ = [
     "BoxMatch",
     "BoxesFile",
     "ImageBoxes",
+    "check_image_paths",
     "class_names_for",
+    "image_path",
     "iou_matrix",
     "mask_to_boxes",
     "match_boxes",

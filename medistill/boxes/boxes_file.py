@@ -46,7 +46,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from medistill.errors import DataError
@@ -218,6 +218,11 @@ def _image_entry(item: Any, where: str, num_classes: int) -> ImageBoxes:
     for key, kind in (("file", str), ("stem", str)):
         _require(isinstance(item.get(key), kind) and item[key], where,
                  f"{key!r} must be a non-empty string")
+    _check_file_name(item["file"], where)
+    stem = item["stem"]
+    _require(not any(c in stem for c in "/\\\0") and stem not in (".", ".."), where,
+             f"'stem' {stem!r} must be a plain name (no '/', '\\', or '..'): it names the image's "
+             "group in a teacher cache")
     width, height = item.get("width"), item.get("height")
     _require(_is_int(width) and _is_int(height) and width > 0 and height > 0, where,
              "'width' and 'height' must be positive integers")
@@ -229,6 +234,39 @@ def _image_entry(item: Any, where: str, num_classes: int) -> ImageBoxes:
     boxes = [_box(raw, f"{where}.boxes[{b}]", width, height, num_classes)
              for b, raw in enumerate(raw_boxes)]
     return ImageBoxes(item["file"], item["stem"], int(width), int(height), boxes, slice_index)
+
+
+def _check_file_name(name: str, where: str) -> None:
+    """A boxes file names images relative to ``--image_dir``: no absolute path, no ``..``."""
+    posix, windows = PurePosixPath(name), PureWindowsPath(name)
+    _require(not posix.is_absolute() and not windows.anchor and "\0" not in name, where,
+             f"'file' {name!r} is an absolute path; a boxes file names images relative to --image_dir "
+             "(regenerate it with detection.py predict or boxes-from-masks)")
+    _require(".." not in posix.parts and ".." not in windows.parts, where,
+             f"'file' {name!r} leads out of --image_dir ('..'); a boxes file may name only images inside "
+             "--image_dir")
+
+
+def image_path(image_dir: str | os.PathLike, entry: ImageBoxes) -> Path:
+    """The image file of ``entry`` inside ``image_dir``, symbolic links resolved.
+
+    Raises :class:`DataError` naming the entry when the file (or a link on the way)
+    leads outside ``image_dir``.
+    """
+    _check_file_name(entry.file, f"boxes file entry {entry.stem!r}")
+    folder = Path(image_dir).resolve()
+    path = (folder / entry.file).resolve()
+    if path != folder and folder not in path.parents:
+        raise DataError(f"boxes file entry {entry.stem!r}: 'file' {entry.file!r} resolves to {path}, outside "
+                        f"--image_dir {image_dir} (a symbolic link?). medistill reads only images inside "
+                        "--image_dir; copy the image into it")
+    return Path(image_dir) / entry.file
+
+
+def check_image_paths(boxes: BoxesFile, image_dir: str | os.PathLike) -> None:
+    """:func:`image_path` for every entry: refuse a boxes file whose images leave ``image_dir``."""
+    for entry in boxes.images:
+        image_path(image_dir, entry)
 
 
 def _box(raw: Any, where: str, width: int, height: int, num_classes: int) -> Box:

@@ -45,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from medistill.teachers.quality import QualitySettings
     from medistill.teachers.registry import build_teacher
 
+    from medistill.boxes.boxes_file import check_image_paths, read_boxes
+
+    check_image_paths(read_boxes(args.boxes), args.image_dir)  # no image outside --image_dir
     settings = QualitySettings(jitter=args.jitter, draws=args.jitter_draws)
     teacher = build_teacher(args.teacher)
     summary = build_cache(teacher, args.image_dir, args.boxes, args.out, overwrite=args.overwrite,
