@@ -3,7 +3,7 @@
 Example::
 
     python meddistill.py --image_dir data/images --boxes boxes.json --teacher litemedsam \\
-        --student unetpp --img-size 256 --epochs 100 --batch 8 --out runs/md
+        --img-size 256 --epochs 100 --batch 8 --out runs/md
 
 The teacher runs once per image into a cache (``--cache``, default RUN/teacher_cache.h5);
 the same command resumes a killed run.
@@ -13,8 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
+from pathlib import Path
 
+from medistill.distill.terms import DEFAULT_TERMS, TERM_NAMES, WEIGHTINGS
 from medistill.errors import MedistillError
+
+log = logging.getLogger("medistill.distill")
+# The exit status of a run whose student collapsed (kept with --keep-collapsed).
+COLLAPSED_EXIT = 3
 
 
 def _json_option(text: str, option: str) -> dict | None:
@@ -40,21 +48,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="images held out for the label-free validation (agreement with the teacher)")
     data.add_argument("--skip-empty", action="store_true",
                       help="drop training images without a box (released behaviour) instead of using them as negatives")
+    data.add_argument("--negatives", default="auto", choices=("auto", "all", "none"),
+                      help="images without a box: auto (default) trusts them as empty only with evidence (boxes "
+                      "from masks, or confirmed by a refinement round) and counts the others half; all: every "
+                      "one is a negative; none: left out")
+    data.add_argument("--quality-control", action=argparse.BooleanOptionalAction, default=True,
+                      help="down-weight or drop poor teacher masks by their quality records (default on)")
     data.add_argument("--live-teacher", action="store_true",
                       help="call the teacher at every training step instead of caching (benchmark mode)")
 
     student = parser.add_argument_group("student and preprocessing")
-    student.add_argument("--student", default="unetpp", help="unet, unetpp or lcovnet (default unetpp)")
-    student.add_argument("--student-options", default="{}", help='JSON options, e.g. \'{"base_filters": 16}\'')
+    student.add_argument("--student", default="unet",
+                         help="unet (default, with base_filters 16: fast on a CPU), unetpp or lcovnet")
+    student.add_argument("--student-options", default='{"base_filters": 16}',
+                         help='JSON options (default \'{"base_filters": 16}\')')
+    student.add_argument("--init-from", help="start the student from this MedDistill run folder's weights")
     student.add_argument("--img-size", type=int, default=256, help="input size in pixels (multiple of 16)")
     student.add_argument("--channels", type=int, default=1, choices=(1, 3), help="1 = grey (default), 3 = RGB")
     student.add_argument("--clip-percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"),
                          help="clip intensities to these percentiles before min-max (CT/MRI)")
 
     losses = parser.add_argument_group("losses")
-    losses.add_argument("--weighting", default="ulwr", choices=("ulwr", "learned", "fixed"),
-                        help="ulwr: released per-image rule from the teacher's uncertainty; learned: Kendall "
-                        "log-variances; fixed: --fixed-weights")
+    losses.add_argument("--terms", default=",".join(DEFAULT_TERMS),
+                        help=f"comma-separated loss terms from {', '.join(TERM_NAMES)} (default "
+                        f"{','.join(DEFAULT_TERMS)}; feat only with a teacher that has features). The released "
+                        "MedDistill: --terms bce,prob,feat --weighting ulwr --no-confidence --negatives all")
+    losses.add_argument("--confidence", action=argparse.BooleanOptionalAction, default=True,
+                        help="weight the BCE per pixel by the teacher's confidence |2S-1| (default on)")
+    losses.add_argument("--weighting", default="learned", choices=WEIGHTINGS,
+                        help="learned (default): Kendall uncertainty weighting of every term; ulwr: the released "
+                        "per-image rule from the teacher's uncertainty (bce, prob, feat; other terms weight 1); "
+                        "fixed: --fixed-weights")
     losses.add_argument("--fixed-weights", default="null",
                         help='JSON weights for --weighting fixed, e.g. \'{"bce": 1, "prob": 1, "feat": 0.5}\'')
     losses.add_argument("--feature-loss", default="mse", choices=("mse", "cosine"))
@@ -71,10 +95,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "teach the decoder")
 
     training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=int, default=100)
-    training.add_argument("--batch", type=int, default=8, help="global batch size")
-    training.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
-    training.add_argument("--patience", type=int, default=20, help="early stop after this many epochs without gain")
+    training.add_argument("--epochs", type=int, default=100, help="epochs (default 100)")
+    training.add_argument("--batch", type=int, default=8, help="global batch size (default 8)")
+    training.add_argument("--lr", type=float, default=1e-3,
+                          help="Adam learning rate (default 1e-3; the paper's 1e-4 leaves small sets half-trained)")
+    training.add_argument("--patience", type=int, default=20,
+                          help="early stop after this many epochs without gain (default 20)")
+    training.add_argument("--min-epochs", type=int,
+                          help="never stop early before this many epochs (default half of --epochs: students "
+                          "learn the background first and find small targets late)")
+    training.add_argument("--min-steps-per-epoch", type=int, default=10,
+                          help="small sets repeat within an epoch until it has this many optimizer steps (default 10)")
+    training.add_argument("--rounds", type=int, default=1,
+                          help="refinement rounds: the student's masks prompt the teacher again (default 1)")
+    training.add_argument("--keep-collapsed", action="store_true",
+                          help="exit 0 and keep the student even when it collapsed to predicting nothing")
     training.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                           help="random flips of image, soft mask and features together (default on)")
     training.add_argument("--seed", type=int, default=0)
@@ -99,7 +134,11 @@ def config_from_args(args: argparse.Namespace):
         img_size=args.img_size, channels=args.channels,
         clip_percentiles=list(args.clip_percentiles) if args.clip_percentiles else None,
         epochs=args.epochs, batch=args.batch, lr=args.lr, val_fraction=args.val_fraction,
-        patience=args.patience, augment=args.augment, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
+        patience=args.patience, min_epochs=args.min_epochs, min_steps_per_epoch=args.min_steps_per_epoch,
+        augment=args.augment, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
+        terms=parse_terms(args.terms), confidence=args.confidence, negatives=args.negatives,
+        quality_control=args.quality_control, init_from=args.init_from, rounds=args.rounds,
+        keep_collapsed=args.keep_collapsed,
         weighting=args.weighting, fixed_weights=_json_option(args.fixed_weights, "--fixed-weights"),
         feature_loss=args.feature_loss, feature_layer=args.feature_layer, co_learn=args.co_learn,
         refresh_every=args.refresh_every, decoder_lr=args.decoder_lr,
@@ -109,9 +148,41 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
+def parse_terms(text: str) -> list[str]:
+    """``"bce,dice"`` → ``["bce", "dice"]``; unknown names are refused naming ``--terms``."""
+    terms = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in terms if t not in TERM_NAMES]
+    if not terms or unknown:
+        raise MedistillError(f"--terms {text!r}: unknown or no term(s) {unknown}; choose from {', '.join(TERM_NAMES)}")
+    return terms
+
+
+def collapse_status(run_dir: Path, keep: bool) -> int:
+    """The exit status for a finished run: :data:`COLLAPSED_EXIT` when its student collapsed (unless ``keep``)."""
+    try:
+        record = json.loads((run_dir / "summary.json").read_text()).get("collapse") or {}
+    except (OSError, ValueError):
+        return 0
+    if not record.get("collapsed"):
+        return 0
+    if keep:
+        log.warning("the student collapsed (%s); kept because of --keep-collapsed", record.get("reason"))
+        return 0
+    print(f"medistill: error: the student in {run_dir} collapsed: {record.get('reason')}. See "
+          "summary.json ('collapse'); rerun with more epochs or the default --terms, or pass "
+          "--keep-collapsed to accept it", file=sys.stderr)
+    return COLLAPSED_EXIT
+
+
 def run(args: argparse.Namespace) -> int:
     from medistill.distill.meddistill.trainer import train_meddistill
 
-    run_dir = train_meddistill(config_from_args(args), require_resume=args.resume)
+    config = config_from_args(args)
+    if config.rounds > 1:
+        from medistill.distill.meddistill.rounds import run_rounds
+
+        run_dir = run_rounds(config)
+    else:
+        run_dir = train_meddistill(config, require_resume=args.resume)
     print(f"run folder: {run_dir}")
-    return 0
+    return collapse_status(Path(run_dir), config.keep_collapsed)

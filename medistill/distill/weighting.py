@@ -1,14 +1,17 @@
 """How MedDistill's loss terms combine into one per-example loss (METHODS.md §1).
 
-The terms are named ``"bce"`` (soft-target BCE), ``"prob"`` (probability MSE) and
-``"feat"`` (feature MSE); ``"feat"`` is absent when the teacher has no features (e.g.
-GrabCut), and every weighting then works with ``bce`` and ``prob`` alone.
+The released terms are named ``"bce"`` (soft-target BCE), ``"prob"`` (probability MSE)
+and ``"feat"`` (feature MSE); ``"feat"`` is absent when the teacher has no features (e.g.
+GrabCut). The terms added against collapse on small targets (docs/label_free_losses.md)
+are ``"dice"`` (soft Dice), ``"proj"`` (box projection) and ``"outside"`` (background
+outside every box).
 
 - **ULWR** (:class:`ULWRWeighting`), the released rule, per image from its teacher
   uncertainty σ²: ``w1 = 1/(σ²+1e-6)``, ``w2 = sigmoid(1−σ²)``, ``w3 = 0.4``, normalised to
   sum 1, plus the penalty ``β·Σ_i (w_i − mean w)²``. Nothing is learned; the weights and
   the penalty are constants of the data (``stop_gradient``). Since σ² is small, ``w1``
-  takes almost all the weight (0.989 at σ² = 0.01).
+  takes almost all the weight (0.989 at σ² = 0.01). The released rule covers only the
+  released terms; any other term is added with weight 1 (ULWR has no rule for it).
 - **Learned** (:class:`LearnedWeighting`): Kendall et al. (2018),
   ``Σ_i exp(−s_i)·L_i + s_i`` with trainable ``s_i`` (initialised to 0).
 - **Fixed** (:class:`FixedWeighting`): ``Σ_i w_i·L_i`` with given constants.
@@ -37,10 +40,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from medistill.distill.terms import RELEASED_TERMS, TERM_NAMES, WEIGHTINGS
 from medistill.errors import MedistillError
 
-TERM_NAMES = ("bce", "prob", "feat")
-WEIGHTINGS = ("ulwr", "learned", "fixed")
 ULWR_EPS = 1e-6
 
 _PACKAGE = "medistill"
@@ -108,9 +110,10 @@ class LossWeighting(keras.layers.Layer):
 class ULWRWeighting(LossWeighting):
     """The released uncertainty-driven weighting (see :func:`ulwr_weights`), plus the penalty.
 
-    ``total = w1·L_bce + w2·L_prob [+ w3·L_feat] + β·Σ_i (w_i − mean w)²`` per image; the
-    returned weights are ``{"bce", "prob"[, "feat"], "penalty"}``. Needs ``bce`` and
-    ``prob``; ``feat`` is optional (its weight is then 0 before normalising).
+    ``total = w1·L_bce + w2·L_prob [+ w3·L_feat] + β·Σ_i (w_i − mean w)² [+ Σ other terms]``
+    per image; the returned weights are ``{"bce", "prob"[, "feat"], "penalty", other: 1}``.
+    Needs ``bce`` and ``prob``; ``feat`` is optional (its weight is then 0 before
+    normalising); terms outside the released three are added with weight 1.
     """
 
     def __init__(self, beta: float = 0.1, w3: float = 0.4, **kwargs: Any) -> None:
@@ -122,19 +125,23 @@ class ULWRWeighting(LossWeighting):
         self.w3 = float(w3)
 
     def check_terms(self, names: Sequence[str]) -> None:
-        if set(names) not in ({"bce", "prob"}, {"bce", "prob", "feat"}):
-            raise MedistillError(f"ULWR weighting combines the terms bce, prob and optionally feat; "
-                                 f"got {sorted(names)}")
+        unknown = sorted(set(names) - set(TERM_NAMES))
+        if not {"bce", "prob"} <= set(names) or unknown:
+            raise MedistillError(f"ULWR weighting needs the terms bce, prob (feat and the terms "
+                                 f"{', '.join(TERM_NAMES[2:5])} are optional); got {sorted(names)}")
 
     def combine(self, terms: dict[str, tf.Tensor], uncertainty: tf.Tensor):
         has_feature = "feat" in terms
         weights = ulwr_weights(uncertainty, self.w3, has_feature)
         penalty = tf.stop_gradient(ulwr_penalty(weights, self.beta, has_feature))
-        names = list(TERM_NAMES if has_feature else TERM_NAMES[:2])
+        names = list(RELEASED_TERMS if has_feature else RELEASED_TERMS[:2])
         total = penalty
         for i, name in enumerate(names):
             total = total + weights[:, i] * terms[name]
         report = {name: weights[:, i] for i, name in enumerate(names)}
+        for name in sorted(set(terms) - set(RELEASED_TERMS)):
+            total = total + terms[name]
+            report[name] = tf.ones_like(uncertainty)
         report["penalty"] = penalty
         return total, report
 
@@ -227,16 +234,18 @@ def build_weighting(name: str, term_names: Sequence[str], fixed: Mapping[str, fl
                     ) -> LossWeighting:
     """The weighting ``name`` ("ulwr", "learned", "fixed") for the terms ``term_names``.
 
-    ``term_names`` is ``["bce", "prob"]`` or ``["bce", "prob", "feat"]``. ``fixed`` gives the
+    ``term_names`` are names from :data:`TERM_NAMES`, each once. ``fixed`` gives the
     constants of "fixed" (default: 1.0 for every term); its keys must cover ``term_names``
     (a ``feat`` weight is dropped when there is no feature term) and name known terms only.
     """
     names = [str(n) for n in term_names]
     unknown = sorted(set(names) - set(TERM_NAMES))
-    if unknown or not {"bce", "prob"} <= set(names) or len(set(names)) != len(names):
-        raise MedistillError(f"loss terms must be bce, prob and optionally feat (each once), got {names}")
+    if unknown or not names or len(set(names)) != len(names):
+        raise MedistillError(f"loss terms must be distinct names from {', '.join(TERM_NAMES)}, got {names}")
     if name == "ulwr":
-        return ULWRWeighting()
+        weighting = ULWRWeighting()
+        weighting.check_terms(names)
+        return weighting
     if name == "learned":
         return LearnedWeighting(names)
     if name == "fixed":

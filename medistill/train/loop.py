@@ -61,6 +61,7 @@ class LoopSettings:
     mode: str = "max"
     steps_per_epoch: int | None = None
     keep_checkpoints: int = 2
+    min_epochs: int = 0  # no early stop before this many epochs (a slow start is not convergence)
 
 
 class TrainingLoop:
@@ -236,7 +237,8 @@ class TrainingLoop:
             if self.chief:
                 with atomic_path(self.best_weights_path) as tmp:
                     self.model.save_weights(str(tmp))
-        elif epoch - int(self.best_epoch.numpy()) >= self.settings.patience:
+        elif (epoch - int(self.best_epoch.numpy()) >= self.settings.patience
+              and epoch + 1 >= self.settings.min_epochs):
             self.stopped.assign(True)
 
     def _write_logs(self, history: list[dict], row: dict, writer) -> None:

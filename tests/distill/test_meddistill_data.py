@@ -166,7 +166,8 @@ def test_co_learn_inputs_are_padded_boxes_in_the_teacher_frame(cached):
     expected = np.trunc(np.array(train[first].boxes[0].xyxy) * 256 / 64)
     np.testing.assert_array_equal(data.boxes[first, 0], expected)
     batch = next(iter(md.training_dataset(data, 2, epoch=0, seed=0, augment=True)))
-    assert set(batch) == {"image", "soft", "uncertainty", "flip", "embeddings", "boxes", "valid"}
+    assert set(batch) == {"image", "soft", "uncertainty", "flip", "embeddings", "boxes", "valid",
+                          "rows", "cols", "box_weights", "inside", "weight"}
 
 
 def test_features_present_for_some_images_only_are_refused(cached, tmp_path):

@@ -73,10 +73,16 @@ def phantoms(tmp_path_factory) -> dict:
             "boxes": root / "boxes.json"}
 
 
+# The released MedDistill's losses and epochs: the tests of this module check that machinery
+# (tests/distill/test_label_free_student.py checks the default terms).
+RELEASED = dict(weighting="ulwr", terms=["bce", "prob", "feat"], confidence=False, negatives="all",
+                min_steps_per_epoch=1, quality_control=False)
+
+
 def config(phantoms, out: Path, **overrides) -> MedDistillConfig:
     settings = dict(image_dir=str(phantoms["images"]), boxes=str(phantoms["boxes"]), out=str(out),
                     teacher="grabcut", student="unet", student_options=TINY, img_size=64, epochs=2, batch=4,
-                    lr=3e-3, val_fraction=0.2, seed=0)
+                    lr=3e-3, val_fraction=0.2, seed=0, **RELEASED)
     return MedDistillConfig(**{**settings, **overrides})
 
 
@@ -223,7 +229,7 @@ def test_settings_that_cannot_work_are_refused(phantoms, tmp_path):
     with pytest.raises(MedistillError, match="--fixed-weights"):
         config(phantoms, tmp_path / "a", weighting="fixed")
     with pytest.raises(MedistillError, match="unknown term"):
-        config(phantoms, tmp_path / "a", weighting="fixed", fixed_weights={"bce": 1, "dice": 1})
+        config(phantoms, tmp_path / "a", weighting="fixed", fixed_weights={"bce": 1, "tversky": 1})
     with pytest.raises(MedistillError, match="holds no checkpoint to resume"):
         train_meddistill(config(phantoms, tmp_path / "nothing"), require_resume=True)
 
@@ -245,7 +251,7 @@ def test_kill_and_rerun_resumes(grabcut_run, phantoms, tmp_path, wait_for_epochs
     args = [sys.executable, "meddistill.py", "--image_dir", str(phantoms["images"]), "--boxes",
             str(phantoms["boxes"]), "--teacher", "grabcut", "--cache", str(grabcut_run / "teacher_cache.h5"),
             "--student", "unet", "--student-options", json.dumps(TINY), "--img-size", "64", "--epochs", "4",
-            "--batch", "2", "--lr", "3e-3", "--out", str(run)]
+            "--batch", "2", "--lr", "3e-3", "--keep-collapsed", "--out", str(run)]
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     try:

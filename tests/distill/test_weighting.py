@@ -142,11 +142,13 @@ def test_build_weighting_names_terms_and_errors():
     with pytest.raises(MedistillError, match="missing weight"):
         build_weighting("fixed", ["bce", "prob", "feat"], {"bce": 1, "prob": 1})
     with pytest.raises(MedistillError, match="unknown term"):
-        build_weighting("fixed", ["bce", "prob"], {"bce": 1, "prob": 1, "dice": 1})
+        build_weighting("fixed", ["bce", "prob"], {"bce": 1, "prob": 1, "tversky": 1})
     with pytest.raises(MedistillError, match="finite number >= 0"):
         build_weighting("fixed", ["bce", "prob"], {"bce": -1, "prob": 1})
-    with pytest.raises(MedistillError, match="bce, prob and optionally feat"):
+    with pytest.raises(MedistillError, match="needs the terms bce, prob"):
         build_weighting("ulwr", ["bce", "feat"])
+    with pytest.raises(MedistillError, match="distinct names"):
+        build_weighting("learned", ["bce", "tversky"])
 
 
 def test_weightings_stay_float32_under_mixed_precision():

@@ -72,6 +72,16 @@ def test_early_stop_after_patience_without_improvement(tmp_path):
     assert int(loop.best_epoch.numpy()) == 0
 
 
+def test_no_early_stop_before_min_epochs_so_a_slow_start_can_still_win(tmp_path):
+    """A label-free student scores 0 for its first epochs: patience must not end it there."""
+    scores = iter([0.0, 0.0, 0.0, 0.0, 0.7, 0.6])
+    settings = LoopSettings(epochs=6, patience=2, monitor="val_dice", mode="max", min_epochs=5)
+    loop, data, _ = tiny_setup(tmp_path, validate=lambda: {"val_dice": next(scores)}, settings=settings)
+    history = loop.fit(lambda epoch: data)
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5, 6]
+    assert int(loop.best_epoch.numpy()) == 4
+
+
 def test_a_new_loop_resumes_where_the_last_stopped(tmp_path):
     loop, data, model = tiny_setup(tmp_path, settings=LoopSettings(epochs=2, monitor="loss", mode="min"))
     loop.fit(lambda epoch: data)

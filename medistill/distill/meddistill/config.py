@@ -21,18 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from medistill.data.preprocess import PreprocessConfig
+from medistill.distill.terms import DEFAULT_TERMS, TERM_NAMES, WEIGHTINGS
 from medistill.errors import MedistillError
 from medistill.train.config import RESUMABLE_CHANGES as TRAIN_RESUMABLE_CHANGES
 from medistill.train.config import TrainConfig, check_settings, common_checks
 
 # Besides the supervised ones (length, patience, devices, folder): the cache may move,
-# it is checked against the teacher and the boxes file by itself.
-RESUMABLE_CHANGES = set(TRAIN_RESUMABLE_CHANGES) | {"cache"}
+# it is checked against the teacher and the boxes file by itself; keeping a collapsed
+# student is decided at the end.
+RESUMABLE_CHANGES = set(TRAIN_RESUMABLE_CHANGES) | {"cache", "keep_collapsed"}
 
-WEIGHTINGS = ("ulwr", "learned", "fixed")
 FEATURE_LOSSES = ("mse", "cosine")
-TERMS = ("bce", "prob", "feat")
+NEGATIVE_RULES = ("auto", "all", "none")
 CACHE_NAME = "teacher_cache.h5"
+DEFAULT_STUDENT_OPTIONS = {"base_filters": 16}
 
 
 @dataclass
@@ -44,20 +46,26 @@ class MedDistillConfig:
     out: str
     teacher: str = "litemedsam"
     cache: str | None = None
-    student: str = "unetpp"
-    student_options: dict[str, Any] = field(default_factory=dict)
+    student: str = "unet"
+    student_options: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_STUDENT_OPTIONS))
     img_size: int = 256
     channels: int = 1
     clip_percentiles: list[float] | None = None
     epochs: int = 100
     batch: int = 8
-    lr: float = 1e-4
+    lr: float = 1e-3
     val_fraction: float = 0.2
     patience: int = 20
+    min_epochs: int | None = None
+    min_steps_per_epoch: int = 10
     augment: bool = True
     seed: int = 0
     steps_per_epoch: int | None = None
-    weighting: str = "ulwr"
+    terms: list[str] = field(default_factory=lambda: list(DEFAULT_TERMS))
+    confidence: bool = True
+    negatives: str = "auto"
+    quality_control: bool = True
+    weighting: str = "learned"
     fixed_weights: dict[str, float] | None = None
     feature_loss: str = "mse"
     feature_layer: str | None = None
@@ -70,6 +78,9 @@ class MedDistillConfig:
     sync_batchnorm: bool = True
     mixed_precision: bool = False
     cpu_replicas: int = 1
+    keep_collapsed: bool = False
+    init_from: str | None = None
+    rounds: int = 1
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -81,7 +92,17 @@ class MedDistillConfig:
             (0.5 <= self.colearn_confidence < 1.0, "--colearn-confidence must be in [0.5, 1)"),
             (self.cpu_replicas >= 1, "--cpu-replicas must be at least 1"),
             (self.steps_per_epoch is None or self.steps_per_epoch >= 1, "--steps-per-epoch must be at least 1"),
+            (self.min_steps_per_epoch >= 1, "--min-steps-per-epoch must be at least 1"),
+            (self.min_epochs is None or self.min_epochs >= 0, "--min-epochs must be 0 or more"),
+            (self.rounds >= 1, "--rounds must be at least 1"),
+            (self.negatives in NEGATIVE_RULES, f"--negatives must be one of {', '.join(NEGATIVE_RULES)}"),
+            (isinstance(self.terms, (list, tuple)) and len(self.terms) > 0
+             and set(self.terms) <= set(TERM_NAMES) and len(set(self.terms)) == len(self.terms),
+             f"--terms must list distinct loss terms from {', '.join(TERM_NAMES)}, e.g. bce,dice,proj"),
         ])
+        if self.weighting == "ulwr" and not {"bce", "prob"} <= set(self.terms):
+            raise MedistillError("--weighting ulwr needs the terms bce and prob (the released rule weights them); "
+                                 "add them to --terms or choose --weighting learned")
         self._check_weights()
         if self.co_learn and self.live_teacher:
             raise MedistillError("--co-learn fine-tunes the teacher's decoder from cached embeddings; "
@@ -98,9 +119,9 @@ class MedDistillConfig:
         weights = self.fixed_weights
         if not isinstance(weights, dict) or not weights:
             raise MedistillError('--weighting fixed needs --fixed-weights, e.g. \'{"bce": 1, "prob": 1, "feat": 0.5}\'')
-        unknown = sorted(set(weights) - set(TERMS))
+        unknown = sorted(set(weights) - set(TERM_NAMES))
         if unknown:
-            raise MedistillError(f"--fixed-weights: unknown term(s) {unknown}; the terms are {', '.join(TERMS)}")
+            raise MedistillError(f"--fixed-weights: unknown term(s) {unknown}; the terms are {', '.join(TERM_NAMES)}")
         bad = [k for k, v in weights.items()
                if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0]
         if bad:
@@ -112,6 +133,10 @@ class MedDistillConfig:
         clip = tuple(self.clip_percentiles) if self.clip_percentiles else None
         return PreprocessConfig(size=self.img_size, channels=self.channels, normalisation="minmax",
                                 clip_percentiles=clip)
+
+    def early_stop_floor(self) -> int:
+        """Epochs before early stopping may act (``--min-epochs``, default half of ``--epochs``)."""
+        return self.epochs // 2 if self.min_epochs is None else self.min_epochs
 
     def cache_path(self) -> Path:
         """``--cache``, or ``RUN/teacher_cache.h5``."""

@@ -52,6 +52,7 @@ from medistill.data.preprocess import Geometry, PreprocessConfig, preprocess_ima
 from medistill.data.samples import Sample, load_sample_image
 from medistill.distill.colearn import pad_boxes
 from medistill.errors import MedistillError
+from medistill.losses.label_free import inside_boxes, rasterise_boxes
 from medistill.teachers.base import Teacher
 from medistill.teachers.litemedsam.preprocessing import IMAGE_SIZE as LITEMEDSAM_SIZE
 from medistill.teachers.litemedsam.preprocessing import scale_boxes
@@ -210,6 +211,29 @@ def drop_empty(entries: list[ImageBoxes]) -> list[ImageBoxes]:
     return kept
 
 
+def entry_xyxy(entry: ImageBoxes) -> np.ndarray:
+    """``(N, 4)`` float32 boxes of an entry, clipped to its image."""
+    xyxy = np.array([b.xyxy for b in entry.boxes], np.float32).reshape(-1, 4)
+    xyxy[:, [0, 2]] = np.clip(xyxy[:, [0, 2]], 0, entry.width)
+    xyxy[:, [1, 3]] = np.clip(xyxy[:, [1, 3]], 0, entry.height)
+    return xyxy
+
+
+def pad_rasters(rasters: Sequence[tuple[np.ndarray, np.ndarray]], scores: Sequence[np.ndarray],
+                size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image ``(rows, cols)`` indicators and box scores → ``(N, M, S)``, ``(N, M, S)``, ``(N, M)``.
+
+    ``M`` is the most boxes of any image (at least 1); padding boxes have weight 0.
+    """
+    most = max([len(r) for r, _ in rasters] + [1])
+    rows = np.zeros((len(rasters), most, size), np.uint8)
+    cols = np.zeros_like(rows)
+    weights = np.zeros((len(rasters), most), np.float32)
+    for i, ((r, c), s) in enumerate(zip(rasters, scores)):
+        rows[i, : len(r)], cols[i, : len(c)], weights[i, : len(s)] = r, c, s
+    return rows, cols, weights
+
+
 # --------------------------------------------------------------------------- arrays
 
 
@@ -229,6 +253,10 @@ class DistillData:
     valid: np.ndarray | None = None             # (N, M) bool (co-learn)
     raw: list[np.ndarray] = field(default_factory=list)        # original images (live teacher)
     raw_boxes: list[np.ndarray] = field(default_factory=list)  # original boxes (live teacher)
+    box_rows: np.ndarray | None = None          # (N, M, S) uint8, rows each box covers (student frame)
+    box_cols: np.ndarray | None = None          # (N, M, S) uint8, columns each box covers
+    box_weights: np.ndarray | None = None       # (N, M) float32 detector scores, 0 for padding
+    weights: np.ndarray | None = None           # (N,) float32 per-image trust (negatives rule, quality control)
 
     def __len__(self) -> int:
         return len(self.stems)
@@ -236,6 +264,14 @@ class DistillData:
     @property
     def negatives(self) -> int:
         return int(np.sum(self.n_boxes == 0))
+
+    def image_weights(self) -> np.ndarray:
+        """``(N,)`` float32 trust of each example (1 where nothing lowered it)."""
+        return np.ones(len(self), np.float32) if self.weights is None else self.weights
+
+    def inside(self, index: int) -> np.ndarray:
+        """``(S, S)`` uint8: 1 inside some box of example ``index``."""
+        return inside_boxes(self.box_rows[index], self.box_cols[index])
 
     def content_mask(self) -> np.ndarray:
         """``(N, S, S)`` float32: 1 over each image, 0 over its padding."""
@@ -258,13 +294,15 @@ def assemble(entries: Sequence[ImageBoxes], image_dir: str | Path, pre: Preproce
     if not entries:
         raise MedistillError("no images to distil on: the boxes file lists none for this split")
     images, geometries, soft, sigma2, n_boxes, feats, embeds, boxes_256 = [], [], [], [], [], [], [], []
-    raw, raw_boxes = [], []
+    raw, raw_boxes, rasters, scores = [], [], [], []
     for i, entry in enumerate(tqdm(entries, desc=desc, unit="image", leave=False)):
         image = read_entry_image(entry, image_dir)
         x, geometry = preprocess_image(image, pre)
         images.append(x)
         geometries.append(geometry)
         n_boxes.append(len(entry.boxes))
+        rasters.append(rasterise_boxes(entry_xyxy(entry), geometry.scale, pre.size))
+        scores.append(np.array([b.score for b in entry.boxes], np.float32))
         if keep_raw:
             raw.append(image)
             raw_boxes.append(np.array([b.xyxy for b in entry.boxes], np.float32).reshape(-1, 4))
@@ -291,6 +329,7 @@ def assemble(entries: Sequence[ImageBoxes], image_dir: str | Path, pre: Preproce
         uncertainty=np.asarray(sigma2 if soft else np.zeros(len(entries)), np.float32),
         n_boxes=np.asarray(n_boxes, np.int32), features=np.stack(feats) if feats else None,
         raw=raw, raw_boxes=raw_boxes)
+    data.box_rows, data.box_cols, data.box_weights = pad_rasters(rasters, scores, size)
     if co_learn:
         data.embeddings = np.stack(embeds)
         data.boxes, data.valid = pad_boxes(boxes_256)
@@ -336,16 +375,21 @@ def live_targets(teacher: Teacher, data: DistillData, index: int, size: int,
 # --------------------------------------------------------------------------- tf.data
 
 
-def epoch_plan(count: int, epoch: int, seed: int, shuffle: bool, augment: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The order of the examples and their flips ``(N, 2)`` (left-right, up-down) for one epoch.
+def epoch_plan(count: int, epoch: int, seed: int, shuffle: bool, augment: bool,
+               passes: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The order of the examples and their flips ``(passes·N, 2)`` (left-right, up-down) for one epoch.
 
     Drawn from ``(seed, epoch)`` only, so a resumed run sees exactly the epochs that an
-    uninterrupted one would, and every worker of a multi-worker run the same plan.
+    uninterrupted one would, and every worker of a multi-worker run the same plan. A
+    small set makes an epoch of several ``passes`` (each its own permutation and flips),
+    so that an epoch is enough optimizer steps to judge (``--min-steps-per-epoch``).
     """
     rng = np.random.default_rng([int(seed), int(epoch)])
-    order = rng.permutation(count) if shuffle else np.arange(count)
-    flips = rng.random((count, 2)) < 0.5 if augment else np.zeros((count, 2), bool)
-    return order.astype(np.int64), flips
+    orders, all_flips = [], []
+    for _ in range(max(1, int(passes))):
+        orders.append(rng.permutation(count) if shuffle else np.arange(count))
+        all_flips.append(rng.random((count, 2)) < 0.5 if augment else np.zeros((count, 2), bool))
+    return np.concatenate(orders).astype(np.int64), np.concatenate(all_flips)
 
 
 def flip_maps(array: np.ndarray, flips: np.ndarray) -> np.ndarray:
@@ -359,7 +403,7 @@ def flip_maps(array: np.ndarray, flips: np.ndarray) -> np.ndarray:
 
 def element_keys(feature_shape: tuple | None, co_learn: bool) -> list[str]:
     """The keys of one training example, in the order :func:`training_dataset` yields them."""
-    keys = ["image", "soft", "uncertainty", "flip"]
+    keys = ["image", "soft", "uncertainty", "flip", "rows", "cols", "box_weights", "inside", "weight"]
     if feature_shape is not None:
         keys.append("features")
     if co_learn:
@@ -370,25 +414,33 @@ def element_keys(feature_shape: tuple | None, co_learn: bool) -> list[str]:
 def training_dataset(data: DistillData, batch: int, epoch: int, seed: int, augment: bool, *,
                      shuffle: bool = True, drop_remainder: bool = True,
                      feature_shape: tuple[int, int, int] | None = None,
-                     live: Callable[[int], tuple] | None = None) -> tf.data.Dataset:
+                     live: Callable[[int], tuple] | None = None, passes: int = 1) -> tf.data.Dataset:
     """One epoch of batches, each a dict: ``image (B, S, S, C)``, ``soft (B, S, S)``,
-    ``uncertainty (B,)``, ``flip (B, 2)`` bool; ``features (B, g, g, C)`` float16 when
-    ``feature_shape`` is ``(g, g, C)``; ``embeddings`` / ``boxes`` / ``valid`` when
-    ``data`` holds co-learn inputs.
+    ``uncertainty (B,)``, ``flip (B, 2)`` bool, the boxes as ``rows`` / ``cols``
+    ``(B, M, S)`` uint8 indicators with ``box_weights (B, M)``, ``inside (B, S, S)`` uint8
+    (the union of the boxes), ``weight (B,)`` (the example's trust); ``features
+    (B, g, g, C)`` float16 when ``feature_shape`` is ``(g, g, C)``; ``embeddings`` /
+    ``boxes`` / ``valid`` when ``data`` holds co-learn inputs.
 
-    Flips (``augment``) move the image, the soft mask and the features identically; the
-    co-learn inputs stay unflipped (the step flips the decoder's output with ``flip``).
+    Flips (``augment``) move the image, the soft mask, the box indicators and the
+    features identically; the co-learn inputs stay unflipped (the step flips the
+    decoder's output with ``flip``). ``passes`` (see :func:`epoch_plan`) repeats the set.
     ``live(index) -> (soft, σ², features)`` replaces the cached targets by a teacher call
     (live-teacher mode). Examples are read through ``tf.numpy_function`` from the arrays
     of ``data`` as they are when the epoch runs, so refreshed targets are seen.
     """
-    order, flips = epoch_plan(len(data), epoch, seed, shuffle, augment)
+    order, flips = epoch_plan(len(data), epoch, seed, shuffle, augment, passes)
     keys = element_keys(feature_shape, data.embeddings is not None)
     size, channels = data.images.shape[1], data.images.shape[3]
+    most = data.box_rows.shape[1]
+    trust = data.image_weights()
     shapes = {"image": (size, size, channels), "soft": (size, size), "uncertainty": (), "flip": (2,),
-              "features": feature_shape}
+              "rows": (most, size), "cols": (most, size), "box_weights": (most,), "inside": (size, size),
+              "weight": (), "features": feature_shape}
     dtypes = {"image": tf.float32, "soft": tf.float32, "uncertainty": tf.float32, "flip": tf.bool,
-              "features": tf.float16, "embeddings": tf.float16, "boxes": tf.float32, "valid": tf.bool}
+              "rows": tf.uint8, "cols": tf.uint8, "box_weights": tf.float32, "inside": tf.uint8,
+              "weight": tf.float32, "features": tf.float16, "embeddings": tf.float16, "boxes": tf.float32,
+              "valid": tf.bool}
     if data.embeddings is not None:
         shapes.update(embeddings=data.embeddings.shape[1:], boxes=data.boxes.shape[1:], valid=data.valid.shape[1:])
 
@@ -399,8 +451,12 @@ def training_dataset(data: DistillData, batch: int, epoch: int, seed: int, augme
         else:
             soft, sigma2 = data.soft[i], data.uncertainty[i]
             features = data.features[i] if data.features is not None else None
+        rows, cols = data.box_rows[i], data.box_cols[i]
         values = {"image": flip_maps(data.images[i], flip), "soft": flip_maps(soft, flip),
-                  "uncertainty": np.float32(sigma2), "flip": np.asarray(flip, bool)}
+                  "uncertainty": np.float32(sigma2), "flip": np.asarray(flip, bool),
+                  "rows": rows[:, ::-1] if flip[1] else rows, "cols": cols[:, ::-1] if flip[0] else cols,
+                  "box_weights": data.box_weights[i], "inside": flip_maps(data.inside(i), flip),
+                  "weight": trust[i]}
         if "features" in keys:
             values["features"] = flip_maps(features, flip)
         if "embeddings" in keys:

@@ -3,7 +3,12 @@
 No ground-truth mask is used. Per image the student sees its preprocessed image and
 learns, from the teacher (cached once, or called at every step with ``--live-teacher``):
 
-- mask level: ``L_bce = BCE(z, S)`` (soft targets) and ``L_prob = MSE(σ(z), S)``;
+- mask level: ``L_bce = BCE(z, S)`` (soft targets, by default weighted per pixel by the
+  teacher's confidence ``|2S − 1|``), ``L_prob = MSE(σ(z), S)`` and ``L_dice`` (soft Dice per
+  image, so small targets count); box level: ``L_proj`` (the student's mask projected
+  onto each box's rows and columns fills them) and ``L_outside`` (background outside
+  every box); see :mod:`medistill.distill.meddistill.distiller` and
+  docs/label_free_losses.md. ``--terms`` chooses them (default bce, dice, proj, outside, feat);
 - feature level (when the teacher has features): ``L_feat = MSE(P(F_s), resize(F_t))``
   (or ``1 − cos``), ``F_s`` a named student feature map, ``P`` a learned 1×1 projection
   (:class:`~medistill.distill.projection.FeatureProjection`). The default layer is the
@@ -11,8 +16,16 @@ learns, from the teacher (cached once, or called at every step with ``--live-tea
   teacher's feature stride (LiteMedSAM: 4), a decoder feature before an encoder one at
   equal stride (it has seen the whole encoder, as the ViT embedding has seen the whole
   image). :func:`choose_feature_layer` says which; ``--feature-layer`` overrides it;
-- the weighting (``ulwr`` per image from σ², ``learned``, ``fixed``) combines them. Every
-  term and every weight is logged per epoch (``history.csv``, TensorBoard).
+- the weighting (``learned``: Kendall's homoscedastic-uncertainty weighting, the default;
+  ``ulwr``: the released per-image rule from σ²; ``fixed``) combines them. Every term and
+  every weight is logged per epoch (``history.csv``, TensorBoard).
+
+Each training image has a trust weight (:mod:`medistill.distill.meddistill.trust`): the
+negatives rule for images without a box and the pseudo-label quality control. Small
+sets repeat within an epoch (``--min-steps-per-epoch``); early stopping waits for
+``--min-epochs`` (default half the epochs: the student learns the background first and
+finds the targets late); a student that predicts nothing where the teacher finds
+something is reported as collapsed (:mod:`medistill.distill.meddistill.collapse`).
 
 ``--co-learn`` fine-tunes LiteMedSAM's mask decoder on its cached embeddings with
 :func:`~medistill.distill.colearn.colearn_loss_per_example` (its own Adam,
@@ -31,7 +44,7 @@ same global batch.
 Example::
 
     config = MedDistillConfig(image_dir="data/images", boxes="boxes.json", out="runs/md",
-                              teacher="litemedsam", student="unetpp", img_size=256)
+                              teacher="litemedsam", img_size=256)
     train_meddistill(config)          # RUN/student.keras, saved_model/, history.csv, …
 """
 
@@ -40,7 +53,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,22 +62,24 @@ import numpy as np
 import tensorflow as tf
 
 from medistill.distill.meddistill import data as md
+from medistill.distill.meddistill.collapse import check_collapse
 from medistill.distill.meddistill.config import MedDistillConfig
+from medistill.distill.meddistill.distiller import (  # noqa: F401  (flip_like_batch, StepOutput: public here too)
+    MedDistiller,
+    StepOutput,
+    flip_like_batch,
+    make_step,
+    make_validation,
+)
 from medistill.distill.meddistill.plots import plot_distillation
-from medistill.distill.precision import scaled_gradients, set_precision, wrap_optimizer
+from medistill.distill.meddistill.trust import assign_trust
+from medistill.distill.precision import set_precision, wrap_optimizer
 from medistill.distill.projection import FeatureProjection
 from medistill.distill.session import RunSession, finish_run, open_run
-from medistill.distill.weighting import LossWeighting, build_weighting
+from medistill.distill.weighting import build_weighting
 from medistill.distribute import barrier
 from medistill.errors import MedistillError
 from medistill.export import ModelCard
-from medistill.losses.distillation import (
-    agreement_dice_per_example,
-    feature_cosine_per_example,
-    feature_mse_per_example,
-    prob_mse_per_example,
-    soft_bce_per_example,
-)
 from medistill.networks import build_student, feature_model, feature_names, model_summary
 from medistill.train.loop import LoopSettings, TrainingLoop
 
@@ -96,144 +111,6 @@ def choose_feature_layer(strides: dict[str, tuple[int, int]], teacher_stride: in
 
 
 # --------------------------------------------------------------------------- the distiller
-
-
-@dataclass
-class StepOutput:
-    """What one forward pass of the distiller gives, per example ``(B,)``."""
-
-    logits: tf.Tensor
-    total: tf.Tensor
-    terms: dict[str, tf.Tensor]
-    weights: dict[str, tf.Tensor]
-
-
-def flip_like_batch(maps: tf.Tensor, flips: tf.Tensor) -> tf.Tensor:
-    """Flip each ``(S, S)`` map of ``(B, S, S)`` as its example was flipped (``flips (B, 2)``: lr, ud)."""
-    flips = tf.cast(flips, tf.bool)
-    maps = tf.where(flips[:, 0, None, None], tf.reverse(maps, [2]), maps)
-    return tf.where(flips[:, 1, None, None], tf.reverse(maps, [1]), maps)
-
-
-class MedDistiller:
-    """The student and what trains with it: projection, loss weighting, co-learned decoder.
-
-    ``feature_layer`` None means no feature term (a teacher without features).
-    """
-
-    def __init__(self, student: keras.Model, weighting: LossWeighting, *, feature_layer: str | None = None,
-                 projection: FeatureProjection | None = None, feature_loss: str = "mse",
-                 decoder: Any = None, colearn_confidence: float = 0.9) -> None:
-        if (feature_layer is None) != (projection is None):
-            raise ValueError("feature_layer and projection go together (both or neither)")
-        self.student = student
-        self.weighting = weighting
-        self.feature_layer = feature_layer
-        self.projection = projection
-        self.feature_fn = feature_cosine_per_example if feature_loss == "cosine" else feature_mse_per_example
-        self.decoder = decoder
-        self.colearn_confidence = colearn_confidence
-        self.forward_model = feature_model(student, [feature_layer] if feature_layer else [])
-
-    @property
-    def term_names(self) -> list[str]:
-        return ["bce", "prob"] + (["feat"] if self.feature_layer else [])
-
-    @property
-    def trainable_variables(self) -> list:
-        """Student, projection and (learned) weighting variables: what the main optimizer updates."""
-        variables = list(self.student.trainable_variables)
-        if self.projection is not None:
-            variables += self.projection.trainable_variables
-        return variables + list(self.weighting.trainable_variables)
-
-    def losses(self, batch: dict, training: bool = True) -> StepOutput:
-        """Per-example loss terms, their weights and the weighted total for one batch."""
-        outputs = self.forward_model(batch["image"], training=training)
-        logits = outputs["logits"]
-        terms = {"bce": soft_bce_per_example(batch["soft"], logits),
-                 "prob": prob_mse_per_example(batch["soft"], logits)}
-        if self.feature_layer:
-            terms["feat"] = self.feature_fn(self.projection(outputs[self.feature_layer]), batch["features"])
-        total, weights = self.weighting(terms, batch["uncertainty"])
-        return StepOutput(logits, total, terms, weights)
-
-    def colearn_per_example(self, batch: dict, logits: tf.Tensor) -> tf.Tensor:
-        """The decoder's co-learning loss ``(B,)`` (its output flipped like the student's input)."""
-        size = int(batch["soft"].shape[1])
-        _, decoder_logits = self.decoder.soft_masks(batch["embeddings"], batch["boxes"], batch["valid"],
-                                                    out_size=size, training=True)
-        student_prob = tf.sigmoid(tf.cast(logits, tf.float32))[..., 0]
-        return self.colearn_loss(flip_like_batch(decoder_logits, batch["flip"]), student_prob, batch["soft"])
-
-    def colearn_loss(self, decoder_logits, student_prob, targets):
-        from medistill.distill.colearn import colearn_loss_per_example
-
-        return colearn_loss_per_example(decoder_logits, student_prob, targets, self.colearn_confidence)
-
-
-def make_step(distiller: MedDistiller, optimizer: keras.optimizers.Optimizer, global_batch: int,
-              decoder_optimizer: keras.optimizers.Optimizer | None = None):
-    """The per-replica step: returns every term, every weight and the total, over the global batch."""
-    def average(per_example: tf.Tensor) -> tf.Tensor:
-        return tf.nn.compute_average_loss(tf.cast(per_example, tf.float32), global_batch_size=global_batch)
-
-    def step(batch: dict) -> dict:
-        with tf.GradientTape() as tape:
-            out = distiller.losses(batch, training=True)
-            loss = average(out.total)
-        variables = distiller.trainable_variables
-        grads = scaled_gradients(tape, loss, variables, optimizer)
-        optimizer.apply_gradients(zip(grads, variables))
-        report = {"loss": loss}
-        report.update({name: average(value) for name, value in out.terms.items()})
-        report.update({name if name == "penalty" else f"w_{name}": average(value)
-                       for name, value in out.weights.items()})
-        if decoder_optimizer is not None:
-            decoder_variables = distiller.decoder.trainable_variables
-            with tf.GradientTape() as decoder_tape:
-                colearn = average(distiller.colearn_per_example(batch, tf.stop_gradient(out.logits)))
-            decoder_grads = decoder_tape.gradient(colearn, decoder_variables)
-            decoder_optimizer.apply_gradients(zip(decoder_grads, decoder_variables))
-            report["colearn"] = colearn
-        return report
-
-    return step
-
-
-def make_validation(student: keras.Model, val: md.DistillData | None, batch: int):
-    """Agreement Dice (``val_dice``) and soft BCE (``val_bce``) against the teacher on held-out images.
-
-    ``val_dice`` averages over the images where the student or the teacher finds something:
-    an image that both leave empty says nothing about segmentation, and counting it as 1
-    made a student that predicts nothing look half right (it then won checkpoint
-    selection on sets with many negatives). A student that marks a negative image is
-    still penalised (Dice 0 there). With no such image at all, ``val_dice`` is 1.
-    """
-    if val is None:
-        return None
-
-    @tf.function(reduce_retracing=True)
-    def scores(x, soft):
-        logits = student(x, training=False)
-        prob = tf.sigmoid(tf.cast(logits, tf.float32))[..., 0]
-        target = tf.cast(soft, tf.float32)
-        if target.shape.rank == 4:
-            target = target[..., 0]
-        found = tf.logical_or(tf.reduce_any(prob > 0.5, axis=[1, 2]), tf.reduce_any(target > 0.5, axis=[1, 2]))
-        found = tf.cast(found, tf.float32)
-        dice = agreement_dice_per_example(prob, target)
-        return (tf.reduce_sum(dice * found), tf.reduce_sum(found),
-                tf.reduce_sum(soft_bce_per_example(soft, logits)))
-
-    def validate() -> dict:
-        dice = informative = bce = 0.0
-        for x, soft in md.validation_batches(val, batch):
-            batch_dice, batch_found, batch_bce = scores(x, soft)
-            dice, informative, bce = dice + float(batch_dice), informative + float(batch_found), bce + float(batch_bce)
-        return {"val_dice": dice / informative if informative else 1.0, "val_bce": bce / len(val)}
-
-    return validate
 
 
 # --------------------------------------------------------------------------- co-learn targets
@@ -309,11 +186,12 @@ class Prepared:
     features: md.FeatureInfo | None
     live: Any = None        # the live-teacher callable (live-teacher mode)
     cache: dict | None = None
+    source: dict = field(default_factory=dict)  # the boxes file's provenance record
 
 
 def _feature_info_live(teacher, train_entries, image_dir) -> md.FeatureInfo | None:
     probe = train_entries[0]
-    boxes = np.array([b.xyxy for b in probe.boxes], np.float32).reshape(-1, 4)
+    boxes = md.entry_xyxy(probe)
     out = teacher.predict(md.read_entry_image(probe, image_dir), boxes)
     if out.features is None:
         return None
@@ -321,6 +199,7 @@ def _feature_info_live(teacher, train_entries, image_dir) -> md.FeatureInfo | No
 
 
 def _entries(config: MedDistillConfig):
+    """Training and validation entries of the boxes file, and its ``source`` record."""
     from medistill.boxes.boxes_file import read_boxes
 
     boxes = read_boxes(config.boxes)
@@ -329,7 +208,7 @@ def _entries(config: MedDistillConfig):
         dropped = len(train)
         train = md.drop_empty(train)
         log.info("--skip-empty: %d training image(s) without a box dropped", dropped - len(train))
-    return train, val
+    return train, val, dict(boxes.source)
 
 
 class LiveTeacher:
@@ -346,7 +225,7 @@ class LiveTeacher:
 
 def prepare_data(config: MedDistillConfig, session: RunSession, grid_for, teacher: Any = None) -> Prepared:
     """Read the split's images and targets; ``grid_for(info)`` gives the student feature grid."""
-    train_entries, val_entries = _entries(config)
+    train_entries, val_entries, source = _entries(config)
     pre = config.preprocess()
     if config.live_teacher:
         from medistill.teachers.registry import build_teacher
@@ -357,7 +236,7 @@ def prepare_data(config: MedDistillConfig, session: RunSession, grid_for, teache
         train = md.load_live(teacher, config.image_dir, train_entries, pre, grid=grid, call_teacher=False)
         val = (md.load_live(teacher, config.image_dir, val_entries, pre, grid=None, call_teacher=True,
                             desc="teacher on validation images") if val_entries else None)
-        return Prepared(train, val, info, live=LiveTeacher(teacher, train, pre.size, grid))
+        return Prepared(train, val, info, live=LiveTeacher(teacher, train, pre.size, grid), source=source)
     cache = prepare_cache(config, session, teacher)
     path = config.cache_path()
     info = md.cache_feature_info(path, [e.stem for e in train_entries + val_entries])
@@ -368,7 +247,7 @@ def prepare_data(config: MedDistillConfig, session: RunSession, grid_for, teache
     train = md.load_from_cache(path, config.image_dir, train_entries, pre, grid=grid, co_learn=config.co_learn)
     val = (md.load_from_cache(path, config.image_dir, val_entries, pre, grid=None, desc="validation images")
            if val_entries else None)
-    return Prepared(train, val, info, cache=cache)
+    return Prepared(train, val, info, cache=cache, source=source)
 
 
 def _sync_batchnorm(student: keras.Model, on: bool) -> int:
@@ -403,15 +282,16 @@ def build_distiller(config: MedDistillConfig, session: RunSession, student: kera
     keras.utils.set_random_seed(config.seed + 1)
     with session.scope():
         projection = None
-        if chosen:
+        if chosen and "feat" in config.terms:
             grid = config.img_size // chosen["stride"]
             projection = FeatureProjection(features.channels, name="feature_projection")
             projection.build((None, grid, grid, chosen["channels"]))
-        term_names = ["bce", "prob"] + (["feat"] if chosen else [])
+        term_names = [t for t in config.terms if t != "feat" or chosen]
         weighting = build_weighting(config.weighting, term_names, config.fixed_weights)
         distiller = MedDistiller(student, weighting, feature_layer=chosen.get("layer"), projection=projection,
                                  feature_loss=config.feature_loss, decoder=decoder,
-                                 colearn_confidence=config.colearn_confidence)
+                                 colearn_confidence=config.colearn_confidence, terms=term_names,
+                                 confidence=config.confidence)
         optimizer = wrap_optimizer(keras.optimizers.Adam(config.lr), policy)
         optimizer.build(distiller.trainable_variables)
         decoder_optimizer = None
@@ -428,7 +308,8 @@ def run_summary(config: MedDistillConfig, prepared: Prepared, chosen: dict, poli
         "teacher": config.teacher, "cache": None if config.live_teacher else str(config.cache_path()),
         "live_teacher": config.live_teacher, "train_images": len(prepared.train),
         "negatives": prepared.train.negatives, "val_images": 0 if prepared.val is None else len(prepared.val),
-        "weighting": config.weighting, "feature_layer": chosen.get("layer"), "feature_stride": chosen.get("stride"),
+        "weighting": config.weighting, "terms": list(config.terms), "confidence": config.confidence,
+        "feature_layer": chosen.get("layer"), "feature_stride": chosen.get("stride"),
         "teacher_feature_shape": list(features.shape) if features else None,
         "teacher_feature_stride": features.stride if features else None, "co_learn": config.co_learn,
         "precision": policy, "preprocess": config.preprocess().to_dict(),
@@ -453,6 +334,8 @@ def _train(config: MedDistillConfig, session: RunSession) -> Path:
     with session.scope():
         student = build_student(config.student, in_channels=config.channels, num_classes=1,
                                 **config.student_options)
+    if config.init_from:
+        load_initial_weights(student, config.init_from)
     strides = feature_strides(student, config.img_size)
     chosen: dict[str, Any] = {}
 
@@ -472,9 +355,10 @@ def _train(config: MedDistillConfig, session: RunSession) -> Path:
 
     prepared = prepare_data(config, session, grid_for, teacher)
     train, val = prepared.train, prepared.val
+    trust = assign_trust(train, config.negatives, prepared.source)
     setup_seconds = time.perf_counter() - started
     batch = session.global_batch(config.batch, len(train))
-    steps = max(1, len(train) // batch)
+    passes, steps = epoch_length(len(train), batch, config.min_steps_per_epoch)
     if config.steps_per_epoch:
         steps = min(steps, config.steps_per_epoch)
     log.info("data: %d training image(s) (%d negative), %d validation image(s)", len(train), train.negatives,
@@ -505,11 +389,12 @@ def _train(config: MedDistillConfig, session: RunSession) -> Path:
                 log.info("co-learn: refreshing the training targets from the updated decoder (epoch %d)", epoch + 1)
                 targets.refresh(decoder, config.img_size)
         return md.training_dataset(train, batch, epoch, config.seed, config.augment,
-                                   feature_shape=feature_shape, live=prepared.live)
+                                   feature_shape=feature_shape, live=prepared.live, passes=passes)
 
     settings = LoopSettings(epochs=config.epochs, patience=config.patience,
                             monitor="val_dice" if val is not None else "loss",
-                            mode="max" if val is not None else "min", steps_per_epoch=steps)
+                            mode="max" if val is not None else "min", steps_per_epoch=steps,
+                            min_epochs=config.early_stop_floor())
     loop = TrainingLoop(session.strategy, session.run_dir, student, optimizer,
                         make_step(distiller, optimizer, batch, decoder_optimizer),
                         make_validation(student, val, batch), settings, extra_trackables=trackables)
@@ -519,8 +404,45 @@ def _train(config: MedDistillConfig, session: RunSession) -> Path:
     _sync_batchnorm(student, False)  # the exported student carries no distribution setting
     if session.chief and history:
         plot_distillation(history, session.run_dir / "loss_terms.png")
+    loop.load_best()
+    collapse = check_collapse(student, val if val is not None else train, history, batch,
+                              "val_dice" if val is not None else "loss")
+    if collapse["collapsed"]:
+        log.error("the student collapsed: %s. Try more epochs (--epochs, --min-epochs), the default loss "
+                  "terms (--terms) or a higher --lr; --keep-collapsed keeps it anyway", collapse["reason"])
     summary = run_summary(config, prepared, chosen, policy, global_batch=batch, steps_per_epoch=steps,
-                          setup_seconds=setup_seconds, train_seconds=train_seconds)
+                          passes_per_epoch=passes, setup_seconds=setup_seconds, train_seconds=train_seconds,
+                          trust=trust, collapse=collapse)
     finish_run(session, loop, student, ModelCard(pre, 2), history, summary, keras_name="student.keras")
     return session.run_dir
+
+
+def epoch_length(count: int, batch: int, min_steps: int) -> tuple[int, int]:
+    """``(passes, steps)`` of an epoch: at least ``min_steps`` optimizer steps, whole passes over the set.
+
+    >>> epoch_length(12, 8, 10), epoch_length(400, 8, 10)
+    ((7, 10), (1, 50))
+    """
+    steps = max(1, count // batch)
+    if steps >= min_steps:
+        return 1, steps
+    passes = math.ceil(min_steps * batch / count)
+    return passes, (passes * count) // batch
+
+
+def load_initial_weights(student: keras.Model, source: str) -> None:
+    """Initialise ``student`` from a run folder's (or a file's) ``student.keras`` (``--init-from``)."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "student.keras"
+    if not path.is_file():
+        raise MedistillError(f"--init-from {source}: no student.keras there; give a MedDistill run folder "
+                             "or its student.keras")
+    try:
+        trained = keras.saving.load_model(str(path), compile=False, safe_mode=True)
+        student.set_weights(trained.get_weights())
+    except (ValueError, OSError) as error:
+        raise MedistillError(f"--init-from {path}: cannot use its weights for this student ({error}); "
+                             "the student and --student-options must match that run's") from error
+    log.info("student initialised from %s", path)
 
