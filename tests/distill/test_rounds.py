@@ -202,6 +202,8 @@ def test_round_k_plus_1_prompts_targets_and_start_come_from_round_k(squares, fak
     assert scores[1] > scores[0] + 0.01 and scores[2] < scores[1]      # round 3's student is off by 3 px
     assert records[2]["stop"] and "no gain" in records[2]["reasons"][0]
     assert records[1]["agreement_previous"] < 0.98
+    assert records[0]["agreement_first_teacher"] == records[0]["score"]
+    assert float(rows[1]["agreement_first_teacher"]) == records[1]["agreement_first_teacher"]
     assert [r["selected"] for r in rows] == ["False", "True", "False"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"]["selected"] == 2 and summary["best_val_dice"] == pytest.approx(0.52)

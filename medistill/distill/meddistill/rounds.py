@@ -46,7 +46,10 @@ the rounds stop when
 
 and after any round when its student gives exactly the prompts of the round it was trained
 on (the next round would repeat it), or when ``--rounds`` is reached. The exported round
-is the one with the highest score (the earlier one on a tie).
+is the one with the highest score (the earlier one on a tie). ``rounds.csv`` also lists, for judging the rule, each round's ``val_dice`` (the
+trainer's own best agreement, student frame) and ``agreement_first_teacher``, the same
+held-out agreement measured against round 1's teacher (the detector's prompts) instead of
+the round's own: a fixed reference that does not move with the prompts.
 
 Example::
 
@@ -103,7 +106,7 @@ SOURCE_KIND = "student-round"
 EXPORTED_FILES = ("student.keras", "preprocessing.json", "history.csv", "curves.png", "loss_terms.png")
 CSV_COLUMNS = ("round", "boxes", "replaced", "kept", "added", "teacher_rejected", "images_gaining",
                "images_losing", "confirmed_negatives", "ambiguous_negatives", "score", "val_dice",
-               "agreement_previous", "decision", "selected")
+               "agreement_previous", "agreement_first_teacher", "decision", "selected")
 SELECTION_RULE = ("the round with the highest held-out agreement Dice between its student and its teacher "
                   "(original resolution); the earlier round on a tie")
 
@@ -242,6 +245,7 @@ class StudentPass:
     score: float
     agreement_previous: float | None
     heldout: int
+    agreement_first_teacher: float  # diagnostic: with round 1's (detector-prompted) teacher
 
 
 def student_pass(config: MedDistillConfig, paths: RoundPaths, detector: BoxesFile, current: BoxesFile,
@@ -261,8 +265,9 @@ def student_pass(config: MedDistillConfig, paths: RoundPaths, detector: BoxesFil
     by_stem = detector.by_stem()
     stats: Counter = Counter()
     entries, added, confirmed = [], {}, []
-    teacher_scores, student_scores, masks = [], [], {}
-    with h5py.File(cache_path, "r") as cache:
+    teacher_scores, student_scores, first_scores, masks = [], [], [], {}
+    first_cache = round_config(config, round_paths(config.out, 1)).cache_path()
+    with h5py.File(cache_path, "r") as cache, h5py.File(first_cache, "r") as first:
         bar = tqdm(total=len(current.images), desc=f"round {k} student -> prompts", unit="image")
         for entry, prob in predict_images(paths.run, config.image_dir, current.images, config.batch):
             if prob.shape[:2] != (entry.height, entry.width):
@@ -301,6 +306,7 @@ def student_pass(config: MedDistillConfig, paths: RoundPaths, detector: BoxesFil
             if entry.stem in heldout:
                 mask = prob > 0.5
                 teacher_scores.append(agreement(mask, group["fused"][()] > 0.5))
+                first_scores.append(agreement(mask, first[f"images/{entry.stem}/fused"][()] > 0.5))
                 if entry.stem in previous_masks:
                     student_scores.append(agreement(mask, previous_masks[entry.stem]))
                 masks[entry.stem] = mask
@@ -319,7 +325,7 @@ def student_pass(config: MedDistillConfig, paths: RoundPaths, detector: BoxesFil
               "rejected": {stem: boxes for stem, boxes in sorted(rejected.items()) if boxes}, "stats": summary}
     next_boxes = BoxesFile(class_names=list(detector.class_names), images=entries, source=source)
     return StudentPass(next_boxes, mean_agreement(teacher_scores),
-                       mean_agreement(student_scores) if k > 1 else None, len(masks))
+                       mean_agreement(student_scores) if k > 1 else None, len(masks), mean_agreement(first_scores))
 
 
 def stop_reasons(score: float, previous: dict | None, agreement_previous: float | None, unchanged: bool,
@@ -409,6 +415,7 @@ def _run_round(config: MedDistillConfig, paths: RoundPaths, detector: BoxesFile,
     record = {"round": k, "run": str(run_dir), "boxes": str(paths.boxes), "cache": str(one.cache_path()),
               "score": round(found.score, 6), "val_dice": summary.get("best_val_dice"),
               "agreement_previous": None if found.agreement_previous is None else round(found.agreement_previous, 6),
+              "agreement_first_teacher": round(found.agreement_first_teacher, 6),
               "heldout_images": found.heldout, "prompts": _prompt_stats(current), "next_prompts": stats,
               "stop": bool(reasons), "reasons": reasons, "next_boxes": None if next_path is None else str(next_path),
               "seconds": round(time.perf_counter() - started, 3)}
@@ -454,6 +461,7 @@ def rounds_table(records: Sequence[dict], limit: int) -> list[dict]:
         row = {name: prompts.get(name, 0) for name in CSV_COLUMNS[1:10]}
         row.update(round=record["round"], score=record["score"], val_dice=record["val_dice"],
                    agreement_previous=record["agreement_previous"],
+                   agreement_first_teacher=record.get("agreement_first_teacher"),
                    decision=_decision(record, i == len(records) - 1, limit),
                    selected=record["round"] == selected)
         rows.append(row)
@@ -495,8 +503,9 @@ def export_selected(out: str | Path, records: Sequence[dict], limit: int, rule: 
         "selected": chosen["round"], "selected_run": str(run_dir), "selection_rule": SELECTION_RULE,
         "rounds_run": len(records), "rounds_allowed": limit, "stopped": table[-1]["decision"],
         "stop_rule": stop.to_dict(), "prompt_rule": rule.to_dict(),
-        "per_round": [{k: row[k] for k in ("round", "score", "val_dice", "agreement_previous", "boxes", "added",
-                                           "replaced", "confirmed_negatives", "decision", "selected")}
+        "per_round": [{k: row[k] for k in ("round", "score", "val_dice", "agreement_previous",
+                                           "agreement_first_teacher", "boxes", "added", "replaced",
+                                           "confirmed_negatives", "decision", "selected")}
                       for row in table],
     }
     write_json_atomic(out / "summary.json", summary)
