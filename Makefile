@@ -57,6 +57,8 @@ venv:
 # exists is not run again, and a killed step resumes where it stopped.
 # Sizes are variables: `make demo DEMO_UNLABELLED=300 DISTIL_EPOCHS=80` runs a bigger one.
 DEMO_SIZE ?= 128
+# The seed of every training step (detector, distillation, supervised); the data stay the same.
+DEMO_SEED ?= 0
 DEMO_LABELLED ?= 100
 DEMO_UNLABELLED ?= 64
 DEMO_TEST ?= 24
@@ -121,7 +123,7 @@ $(STEPS)/02-yolodata: $(STEPS)/01-phantoms
 $(STEPS)/03-detector: $(STEPS)/02-yolodata
 	$(step_start)
 	$(PY) detection.py train --data $(DEMO_OUT)/yolo/data.yaml --model yolo11n.yaml --imgsz $(DEMO_SIZE) \
-	  --epochs $(DET_EPOCHS) --batch 4 --seed 0 --out $(RUNS)/detector
+	  --epochs $(DET_EPOCHS) --batch 4 --seed $(DEMO_SEED) --out $(RUNS)/detector
 	$(step_end)
 
 # The threshold with the best box F1 on the labelled validation images.
@@ -144,7 +146,7 @@ $(STEPS)/06-meddistill: $(STEPS)/05-boxes
 	$(step_start)
 	$(PY) meddistill.py --image_dir $(DATA)/unlabelled/images --boxes $(BOXES)/unlabelled.json \
 	  --teacher litemedsam --student $(STUDENT) --student-options '$(STUDENT_OPTIONS)' --img-size $(DEMO_SIZE) \
-	  --epochs $(DISTIL_EPOCHS) --batch 8 --lr 3e-3 --seed 0 --out $(RUNS)/distilled
+	  --epochs $(DISTIL_EPOCHS) --batch 8 --seed $(DEMO_SEED) --out $(RUNS)/distilled
 	$(step_end)
 
 $(STEPS)/07-teacher-test: $(STEPS)/05-boxes
@@ -162,7 +164,7 @@ $(STEPS)/08-eval-distilled: $(STEPS)/06-meddistill
 $(STEPS)/09-supervised: $(STEPS)/01-phantoms
 	$(step_start)
 	$(PY) -m medistill train --data $(DATA)/supervised --out $(RUNS)/supervised --student $(STUDENT) \
-	  --student-options '$(STUDENT_OPTIONS)' --img-size $(DEMO_SIZE) --epochs $(SUP_EPOCHS) --batch 8 --lr 3e-3 --seed 0
+	  --student-options '$(STUDENT_OPTIONS)' --img-size $(DEMO_SIZE) --epochs $(SUP_EPOCHS) --batch 8 --lr 3e-3 --seed $(DEMO_SEED)
 	$(step_end)
 
 $(STEPS)/10-eval-supervised: $(STEPS)/09-supervised
