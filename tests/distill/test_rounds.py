@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -29,6 +33,7 @@ from medistill.fileio import file_sha256, write_json_atomic
 from medistill.teachers.base import Teacher, TeacherOutput, mask_uncertainty
 from medistill.teachers.registry import register_teacher
 
+ROOT = Path(__file__).resolve().parents[2]
 WIDTH, HEIGHT = 64, 48
 TINY = {"base_filters": 4, "depth": 2}
 # The objects of the synthetic images (pixel-edge xyxy) and the detector's boxes.
@@ -261,6 +266,11 @@ def test_changed_settings_and_bad_options_are_refused(squares, fakes):
         rounds.run_rounds(make_config(squares, squares["root"] / "b", val_fraction=0.0))
     with pytest.raises(MedistillError, match="--live-teacher"):
         rounds.run_rounds(make_config(squares, squares["root"] / "c", live_teacher=True))
+    changed = read_boxes(squares["boxes"])
+    changed.images[0].boxes = []
+    write_boxes(squares["boxes"], changed)
+    with pytest.raises(MedistillError, match="changed since round 1"):
+        rounds.run_rounds(make_config(squares, out, rounds=2))
     (squares["root"] / "d").mkdir()
     (squares["root"] / "d" / "notes.txt").write_text("mine")
     with pytest.raises(MedistillError, match="not empty"):
@@ -300,7 +310,7 @@ def test_real_rounds_on_phantoms_export_the_selected_round(tmp_path, monkeypatch
     out = tmp_path / "out"
     config = MedDistillConfig(image_dir=str(tmp_path / "ph" / "images"), boxes=str(tmp_path / "boxes.json"),
                               out=str(out), teacher="grabcut", student="unet", student_options=TINY, img_size=64,
-                              epochs=2, batch=4, lr=3e-3, val_fraction=0.2, seed=0, rounds=2)
+                              epochs=2, batch=4, lr=3e-3, val_fraction=0.2, seed=0, rounds=2, keep_collapsed=True)
     rounds.run_rounds(config)
 
     second = read_boxes(out / "rounds/2/boxes.json")
@@ -327,3 +337,62 @@ def test_real_rounds_on_phantoms_export_the_selected_round(tmp_path, monkeypatch
                                               mask_dir=str(tmp_path / "ph" / "masks"),
                                               out=str(tmp_path / "eval" / "metrics.csv")))
     assert metrics is not None
+
+
+DRIVER = """
+import json, sys
+import numpy as np
+from medistill.data import load_sample, pair_folder
+from medistill.distill.meddistill import rounds
+from medistill.distill.meddistill.config import MedDistillConfig
+
+settings = json.loads(sys.argv[1])
+truth = {s.stem: load_sample(s)[1] for s in pair_folder(settings.pop("images"), settings.pop("masks"))}
+real = rounds.predict_images
+
+def predict(run_dir, image_dir, entries, batch=8):   # round 1's student found the lesions
+    if run_dir.parent.name != "1":
+        yield from real(run_dir, image_dir, entries, batch)
+        return
+    for entry in entries:
+        yield entry, (truth[entry.stem] > 0).astype(np.float32) * 0.95
+
+rounds.predict_images = predict
+rounds.run_rounds(MedDistillConfig(**settings))
+"""
+
+
+def test_kill_in_round_2_and_rerun_continues_it(tmp_path, wait_for_epochs):
+    from medistill.boxes.oracle import boxes_from_masks
+    from medistill.data.phantoms import generate_phantoms
+
+    generate_phantoms(tmp_path / "ph", 8, size=64, seed=1)
+    write_boxes(tmp_path / "boxes.json", boxes_from_masks(tmp_path / "ph" / "masks", tmp_path / "ph" / "images"))
+    out = tmp_path / "out"
+    settings = dict(image_dir=str(tmp_path / "ph" / "images"), boxes=str(tmp_path / "boxes.json"), out=str(out),
+                    teacher="grabcut", student="unet", student_options=TINY, img_size=64, epochs=2, batch=2,
+                    lr=3e-3, val_fraction=0.25, seed=0, rounds=2, keep_collapsed=True,
+                    images=str(tmp_path / "ph" / "images"), masks=str(tmp_path / "ph" / "masks"))
+    (tmp_path / "driver.py").write_text(DRIVER)
+    args = [sys.executable, str(tmp_path / "driver.py"), json.dumps(settings)]
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        wait_for_epochs(out / "rounds/2/run", 1, process)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    first = out / "rounds/1/round.json"
+    assert first.is_file() and not (out / "rounds/2/round.json").exists() and not (out / "summary.json").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in (first, out / "rounds/1/run/student.keras",
+                                                out / "rounds/2/boxes.json")}
+    history = (out / "rounds/1/run/history.csv").read_text()
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)     # the same command
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "round 1: already finished" in (out / "rounds.log").read_text()
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps             # round 1 not redone
+    assert (out / "rounds/1/run/history.csv").read_text() == history
+    with open(out / "rounds/2/run/history.csv") as handle:
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [1, 2]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"]["rounds_run"] == 2

@@ -564,6 +564,8 @@ def run_rounds(config: MedDistillConfig, *, rule: PromptRule | None = None, stop
     heldout = {e.stem for e in val_entries}
     out = Path(config.out)
     _check_previous(config)
+    if not config.overwrite and round_paths(out, 1).boxes.exists():
+        _first_boxes(config, round_paths(out, 1))  # the detector's file must be the one the rounds began with
     prepare_run_folder(config, MedDistillConfig)
     handler = add_file_log(out, LOG_NAME)
     teacher = _Teacher(config.teacher)
