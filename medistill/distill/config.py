@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medistill.errors import MedistillError
-from medistill.train.config import TrainConfig
+from medistill.train.config import TrainConfig, check_settings, student_checks
 
 
 @dataclass
@@ -64,6 +64,14 @@ class DistillConfig(TrainConfig):
             from medistill.distill.recipes import get_recipe
 
             self.student = get_recipe(self.recipe).default_student
+            check_settings(student_checks(self))
+        if self.train_teacher:
+            from medistill.networks.registry import StudentError, check_student_options
+
+            try:
+                check_student_options(self.train_teacher, self.teacher_options, img_size=self.img_size)
+            except StudentError as error:
+                raise MedistillError(str(error).replace("--student-options", "--teacher-options")) from error
 
     def teacher_train_config(self, student_options: dict[str, Any], out: str) -> TrainConfig:
         """The supervised settings of a teacher trained by this run (``--train-teacher``).

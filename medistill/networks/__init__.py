@@ -27,7 +27,14 @@ from medistill.networks.blocks import (
 )
 from medistill.networks.features import feature_model, feature_names
 from medistill.networks.lcovnet import LACBHigh, LACBLow, build_lcovnet
-from medistill.networks.registry import STUDENTS, StudentError, build_student, student_options
+from medistill.networks.registry import (
+    STUDENTS,
+    StudentError,
+    build_student,
+    check_student_options,
+    student_options,
+    student_stride,
+)
 from medistill.networks.summary import count_flops, model_summary
 from medistill.networks.unet import build_unet
 from medistill.networks.unetpp import build_unetpp
@@ -47,9 +54,11 @@ __all__ = [
     "build_student",
     "build_unet",
     "build_unetpp",
+    "check_student_options",
     "count_flops",
     "feature_model",
     "feature_names",
     "model_summary",
     "student_options",
+    "student_stride",
 ]

@@ -55,7 +55,67 @@ def build_student(name: str, *, in_channels: int, num_classes: int, **options: A
     >>> build_student("lcovnet", in_channels=3, num_classes=2).output_shape
     (None, None, None, 2)
     """
+    check_student_options(name, options)
+    return STUDENTS[name](in_channels=in_channels, num_classes=num_classes, **options)
+
+
+# The option that sets each student's number of poolings: the input side must be a
+# multiple of 2**poolings (the student's stride).
+_POOLINGS: dict[str, Callable[[dict[str, Any]], int]] = {
+    "unet": lambda o: int(o["depth"]),
+    "unetpp": lambda o: len(o["filters"]) - 1,
+    "lcovnet": lambda o: len(o["channels"]) - 1,
+}
+_LIMITS: dict[str, tuple[float, float]] = {  # inclusive lower, exclusive upper bound
+    "depth": (1, 12), "base_filters": (1, 1 << 16), "dropout": (0.0, 1.0),
+}
+
+
+def _kind(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, (list, tuple)):
+        return "a list of at least two positive integers"
+    return "a string" if isinstance(default, str) else "a value"
+
+
+def _fits(value: Any, default: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return (isinstance(value, (list, tuple)) and len(value) >= 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value))
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return True
+
+
+def student_stride(name: str, options: dict[str, Any] | None = None) -> int:
+    """The side the input must be divisible by: ``2**poolings`` of student ``name``."""
+    merged = {**student_options(name), **(options or {})}
+    return 2 ** _POOLINGS[name](merged)
+
+
+def check_student_options(name: str, options: dict[str, Any], img_size: int | None = None) -> None:
+    """Refuse unknown options, values of the wrong type or range, and an ``img_size`` that
+    the student's stride does not divide; each :class:`StudentError` names the option.
+
+    >>> check_student_options("unet", {"depth": 3}, img_size=64)
+    >>> student_stride("unet", {"depth": 3})
+    8
+    """
     valid = student_options(name)
+    if not isinstance(options, dict):
+        raise StudentError(f"--student-options must be a JSON object such as '{{\"base_filters\": 16}}', "
+                           f"got {options!r}")
     unknown = sorted(set(options) - set(valid))
     if unknown:
         listing = ", ".join(f"{key}={value!r}" for key, value in valid.items())
@@ -63,7 +123,23 @@ def build_student(name: str, *, in_channels: int, num_classes: int, **options: A
             f"student {name!r} has no option {', '.join(map(repr, unknown))}; "
             f"its options (with defaults) are: {listing}"
         )
-    return STUDENTS[name](in_channels=in_channels, num_classes=num_classes, **options)
+    for key, value in options.items():
+        default = valid[key]
+        if not _fits(value, default):
+            raise StudentError(f"--student-options: {key!r} of student {name!r} must be {_kind(default)} "
+                               f"(default {default!r}), got {value!r}")
+        low, high = _LIMITS.get(key, (None, None))
+        if low is not None and not low <= value < high:
+            raise StudentError(f"--student-options: {key!r} of student {name!r} must lie in [{low}, {high}), "
+                               f"got {value!r}")
+    if img_size is not None:
+        stride = student_stride(name, options)
+        if img_size < stride or img_size % stride:
+            poolings = _POOLINGS[name]({**valid, **options})
+            raise StudentError(
+                f"--img-size {img_size} is not a multiple of {stride}, the stride of student {name!r} "
+                f"({poolings} poolings, 2**{poolings}); use e.g. --img-size "
+                f"{max(stride, round(img_size / stride) * stride)}, or fewer levels in --student-options")
 
 
 def _builder(name: str) -> Callable[..., keras.Model]:

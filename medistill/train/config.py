@@ -17,12 +17,29 @@ RESUMABLE_CHANGES = {"epochs", "patience", "cpu_replicas", "out", "overwrite", "
 def common_checks(config: Any) -> list[tuple[bool, str]]:
     """The checks every trainer's config shares: size, channels, epochs, batch, validation split."""
     return [
-        (config.img_size >= 16 and config.img_size % 16 == 0, "--img-size must be a multiple of 16 (at least 16)"),
+        (isinstance(config.img_size, int) and config.img_size >= 16, "--img-size must be at least 16 (pixels)"),
+        *student_checks(config),
         (config.channels in (1, 3), "--channels must be 1 or 3"),
         (config.epochs >= 1, "--epochs must be at least 1"),
         (config.batch >= 1, "--batch must be at least 1"),
         (0.0 <= config.val_fraction < 1.0, "--val-fraction must be in [0, 1)"),
     ]
+
+
+def student_checks(config: Any) -> list[tuple[bool, str]]:
+    """The student's options (names, types, ranges) and ``--img-size`` against its stride.
+
+    A run whose student is not chosen yet (``student=""``) is checked once it is.
+    """
+    if not getattr(config, "student", "") or not isinstance(config.img_size, int) or config.img_size < 16:
+        return []
+    from medistill.networks.registry import StudentError, check_student_options
+
+    try:
+        check_student_options(config.student, config.student_options, img_size=config.img_size)
+    except StudentError as error:
+        return [(False, str(error))]
+    return []
 
 
 def check_settings(checks: list[tuple[bool, str]]) -> None:

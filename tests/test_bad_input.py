@@ -1,0 +1,92 @@
+"""Bad input from a user: every case exits 2 with a message naming the option or file,
+no traceback, and nothing written outside (or, for a refused start, inside) ``--out``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--img-size", "32", "--batch", "2", "--student-options", '{"base_filters": 4, "depth": 2}',
+        "--seed", "0"]
+
+
+def medistill(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medistill", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``medistill ARGS`` run in this process (faster than a new one: TensorFlow is loaded once)."""
+    from medistill.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
+def refused(result: subprocess.CompletedProcess, *named: str) -> None:
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    for text in named:
+        assert text in result.stderr, (text, result.stderr[-3000:])
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bad-input") / "ph"
+    result = medistill("phantoms", "--out", str(root), "--n", "6", "--size", "32", "--seed", "0")
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+# --------------------------------------------------------------------------- student options and sizes
+
+
+@pytest.mark.parametrize("options, size, named", [
+    ('{"depth": 0}', "32", ["--student-options", "'depth'"]),
+    ('{"base_filters": "8"}', "32", ["--student-options", "'base_filters'", "'8'"]),
+    ('{"depth": 5}', "48", ["--img-size 48", "32"]),
+    ('{"depth": 2, "dropout": "high"}', "32", ["'dropout'"]),
+    ('[4, 2]', "32", ["--student-options"]),
+])
+def test_train_refuses_bad_student_options_before_writing(phantoms, tmp_path, capsys, options, size, named):
+    run = tmp_path / "run"
+    refused(in_process(capsys, "train", "--data", str(phantoms), "--out", str(run), "--img-size", size,
+                      "--student-options", options), *named)
+    assert not run.exists()
+
+
+def test_meddistill_refuses_bad_student_options_before_writing(tmp_path):
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "meddistill.py", "--image_dir", str(tmp_path), "--boxes",
+                             str(tmp_path / "b.json"), "--out", str(run), "--student", "unet",
+                             "--student-options", '{"depth": 0}'], capture_output=True, text=True, cwd=ROOT)
+    refused(result, "'depth'")
+    assert not run.exists()
+
+
+def test_distill_refuses_a_size_the_default_student_cannot_take(phantoms, tmp_path, capsys):
+    run = tmp_path / "run"
+    refused(in_process(capsys, "distill", "--recipe", "cakd-mskd", "--data", str(phantoms), "--out", str(run),
+                      "--teacher-model", str(tmp_path / "t"), "--img-size", "40"), "--img-size 40", "lcovnet")
+    assert not run.exists()
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_a_truncated_checkpoint_resumes_from_the_previous_one(phantoms, tmp_path):
+    run = tmp_path / "run"
+    first = medistill("train", "--data", str(phantoms), "--out", str(run), "--epochs", "2", *TINY)
+    assert first.returncode == 0, first.stderr[-3000:]
+    data = next((run / "checkpoints").glob("ckpt-2.data-*"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    again = medistill("train", "--data", str(phantoms), "--out", str(run), "--epochs", "3", *TINY)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "ckpt-2 is damaged" in again.stderr and "previous checkpoint ckpt-1" in again.stderr
+    assert "1 epoch(s) already done" in again.stderr
+    assert (run / "checkpoints" / "damaged").is_dir()
