@@ -508,6 +508,13 @@ class CacheReader:
             features=group["features"][()] if features and "features" in group else None,
             feature_stride=stride if stride > 0 else None, sha256=_text(attrs["sha256"]))
 
+    def feature_info(self, stem: str) -> tuple[tuple[int, int, int], int] | None:
+        """``((h, w, C), stride)`` of an image's cached features without reading them; None if none."""
+        group = self._group(stem)
+        if "features" not in group:
+            return None
+        return tuple(int(v) for v in group["features"].shape), int(group.attrs["feature_stride"])
+
     def masks(self, stem: str, index: int | None = None) -> np.ndarray:
         """``(N, H, W)`` float32 per-box soft masks, or ``(H, W)`` for box ``index``."""
         data = self._group(stem)["masks"]

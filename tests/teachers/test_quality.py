@@ -187,3 +187,21 @@ def test_litemedsam_predict_more_reuses_the_embedding(monkeypatch):
     except MedistillError as error:  # no bundled checkpoint on this machine
         pytest.skip(str(error))
     _check_decoder_only(teacher, monkeypatch)
+
+
+def test_reader_features(tiny_set, tmp_path):
+    images, boxes_path = tiny_set
+
+    class WithFeatures(ShiftTeacher):
+        def _predict(self, image, boxes):
+            out = super()._predict(image, boxes)
+            out.features, out.feature_stride = np.full((4, 4, 2), 0.25, np.float32), 8
+            return out
+
+    build_cache(WithFeatures(), images, boxes_path, tmp_path / "f.h5", progress=False)
+    with CacheReader(tmp_path / "f.h5") as cache:
+        assert cache.feature_info("im1") == ((4, 4, 2), 8)
+        entry = cache.entry("im1")
+        assert entry.features.dtype == np.float16 and entry.features.shape == (4, 4, 2)
+        assert entry.feature_stride == 8 and cache.entry("im1", features=False).features is None
+        np.testing.assert_allclose(entry.scores, [0.7, 0.7])

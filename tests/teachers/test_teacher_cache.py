@@ -131,6 +131,7 @@ def test_reader_entries_and_quality(data, tmp_path):
             assert (got.width, got.height, got.n_boxes) == (entry.width, entry.height, len(entry.boxes))
             np.testing.assert_array_equal(got.fused, f[f"images/{entry.stem}/fused"][()])
             assert got.scores is None and got.features is None and got.feature_stride is None
+            assert cache.feature_info(entry.stem) is None
             assert got.box_scores.shape == got.box_classes.shape == (len(entry.boxes),)
             assert got.sha256 == file_sha256(image_dir / entry.file)
             records = cache.quality(entry.stem)
