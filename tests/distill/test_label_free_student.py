@@ -192,3 +192,30 @@ def test_cli_defaults_are_the_config_defaults():
     differing = [f.name for f in dataclasses.fields(MedDistillConfig)
                  if getattr(from_cli, f.name) != getattr(from_class, f.name)]
     assert differing == []
+
+
+def test_quality_control_writes_its_decisions_and_weights_enter_the_data(default_run):
+    """The default run applies quality control: its CSV and sheet exist and the summary counts them."""
+    import csv
+
+    summary = json.loads((default_run / "summary.json").read_text())
+    quality = summary["trust"]["quality_control"]
+    assert quality is not None and quality["masks"] > 0
+    with open(default_run / "quality_decisions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) >= quality["masks"]
+    assert (default_run / "quality_sheet.png").stat().st_size > 0
+
+
+def test_trust_weights_multiply_quality_into_the_negatives_rule():
+    from medistill.distill.meddistill.trust import assign_trust
+
+    class Data:
+        n_boxes = np.array([1, 0, 2])
+        stems = ["a", "b", "c"]
+        weights = None
+
+    data = Data()
+    record = assign_trust(data, "auto", {"kind": "detector"}, np.array([0.5, 1.0, 0.0], np.float32))
+    assert data.weights.tolist() == [0.5, UNCONFIRMED_NEGATIVE, 0.0]
+    assert record["down_weighted_negatives"] == 1

@@ -72,7 +72,7 @@ from medistill.distill.meddistill.distiller import (  # noqa: F401  (flip_like_b
     make_validation,
 )
 from medistill.distill.meddistill.plots import plot_distillation
-from medistill.distill.meddistill.trust import assign_trust
+from medistill.distill.meddistill.trust import assign_trust, quality_weights
 from medistill.distill.precision import set_precision, wrap_optimizer
 from medistill.distill.projection import FeatureProjection
 from medistill.distill.session import RunSession, finish_run, open_run
@@ -355,7 +355,12 @@ def _train(config: MedDistillConfig, session: RunSession) -> Path:
 
     prepared = prepare_data(config, session, grid_for, teacher)
     train, val = prepared.train, prepared.val
-    trust = assign_trust(train, config.negatives, prepared.source)
+    quality_weight, quality = None, None
+    if config.quality_control and not config.live_teacher:  # live targets have no quality records
+        quality_weight, quality = quality_weights(config.cache_path(), train.stems, config.image_dir,
+                                                  session.run_dir if session.chief else None)
+    trust = assign_trust(train, config.negatives, prepared.source, quality_weight)
+    trust["quality_control"] = quality
     setup_seconds = time.perf_counter() - started
     batch = session.global_batch(config.batch, len(train))
     passes, steps = epoch_length(len(train), batch, config.min_steps_per_epoch)

@@ -12,7 +12,8 @@ Every training example carries a weight in [0, 1] that multiplies all its loss t
   all-background target would teach the student to miss the same lesions; they count
   :data:`UNCONFIRMED_NEGATIVE` (half).
 - **Pseudo-label quality** (``--quality-control``): the image weight from the teacher
-  cache's quality records (docs/pseudo_label_quality.md), multiplied in.
+  cache's quality records (docs/pseudo_label_quality.md, :func:`quality_weights`),
+  multiplied in.
 
 Example:
     >>> import numpy as np
@@ -24,7 +25,9 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,3 +71,30 @@ def assign_trust(data: Any, rule: str, source: dict[str, Any],
              counts["down_weighted_negatives"], UNCONFIRMED_NEGATIVE, counts["left_out_negatives"],
              counts["with_boxes"])
     return {"negatives_rule": rule, **counts, "mean_weight": round(float(weights.mean()), 4) if len(weights) else None}
+
+
+def quality_weights(cache_path: str | os.PathLike, stems: Sequence[str], image_dir: str | os.PathLike,
+                    report_dir: Path | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """``(N,)`` image weights of ``stems`` from the cache's quality records, and a summary.
+
+    With ``report_dir`` (the chief's run folder) every decision goes to
+    ``quality_decisions.csv`` and the lowest-weighted masks to ``quality_sheet.png``.
+    """
+    from medistill.distill.meddistill.quality_control import (
+        contact_sheet,
+        decide_cache,
+        summary,
+        write_decisions_csv,
+    )
+
+    decisions = decide_cache(cache_path)
+    by_stem = decisions.image_weights()
+    weights = np.array([by_stem.get(stem, 1.0) for stem in stems], np.float32)
+    record = summary(decisions)
+    if report_dir is not None:
+        write_decisions_csv(report_dir / "quality_decisions.csv", decisions)
+        contact_sheet(report_dir / "quality_sheet.png", decisions, cache_path, image_dir=image_dir)
+    log.info("pseudo-label quality control: %d of %d teacher masks kept, %d down-weighted, %d dropped; "
+             "%d training image(s) weigh less than 1 (quality_decisions.csv, quality_sheet.png)",
+             record["keep"], record["masks"], record["down-weight"], record["drop"], int((weights < 1).sum()))
+    return weights, record
