@@ -1,5 +1,7 @@
 """Masks to boxes: one box per connected component (or one per class with ``one_box``).
 
+MedDistill's box data, and why one box per component (docs/methods.md §1).
+
 A label map gives one class per foreground value: value ``v`` becomes class ``v - 1``
 (YOLO classes count from 0), so a binary mask gives class 0 and the classes of a label
 map mean the same in every image. Components are found with 8-connectivity, per value;

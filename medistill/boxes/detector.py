@@ -1,5 +1,7 @@
 """The box detector: train an ultralytics YOLO model, predict boxes files, evaluate it.
 
+Stage 2 of MedDistill (docs/methods.md §1: the authors' detector and why these defaults differ).
+
 ``detection.py train|predict|eval`` call :func:`train_detector`, :func:`predict_boxes`
 and :func:`evaluate_detector`. ultralytics is imported through
 :mod:`medistill.boxes.offline` (offline, own settings folder, thread counts restored)

@@ -1,5 +1,7 @@
 """Write a segmentation set as an ultralytics YOLO detection set (``Creat_yolodata.py``).
 
+Stage 1 of MedDistill; the released script's defects avoided here: docs/methods.md §1.
+
 Layout written under ``out``::
 
     data.yaml                     train/val/test folders relative to this file, class names

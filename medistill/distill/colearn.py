@@ -1,7 +1,7 @@
 """Co-learning: fine-tune LiteMedSAM's mask decoder jointly with the student.
 
 MedDistill's name promises co-learning, but its released code only ever trains the
-student (METHODS.md §1). Here the teacher's mask decoder learns too:
+student (docs/methods.md §1). Here the teacher's mask decoder learns too:
 
 - **What trains.** Only the mask decoder (:attr:`DecoderTeacher.trainable_variables`).
   The image encoder is frozen and never run: the ``(64, 64, 256)`` image embeddings come

@@ -4,7 +4,7 @@ A 1×1 convolution (with bias) maps a student feature map ``(B, h, w, c)`` to th
 teacher's channel count ``C``. The two maps are compared at the *student* feature's
 resolution ``(h, w)``: the trainer resizes the teacher's map ``F_t`` to ``(h, w)``.
 This replaces the released code, which compared the student's one-channel logit map
-with a channels-last SAM tensor by broadcasting (METHODS.md §1), a meaningless product.
+with a channels-last SAM tensor by broadcasting (docs/methods.md §1), a meaningless product.
 
 The layer belongs to the training objective, not to the exported student: train it
 with the student (add its weights to the optimised variables, build it inside

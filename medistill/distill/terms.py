@@ -1,6 +1,6 @@
 """The names of MedDistill's loss terms and weightings, defined once (no heavy imports).
 
-See docs/label_free_losses.md for what each term is.
+See docs/label_free_losses.md for what each term is, docs/methods.md §1 for the method.
 """
 
 from __future__ import annotations

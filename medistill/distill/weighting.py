@@ -1,4 +1,4 @@
-"""How MedDistill's loss terms combine into one per-example loss (METHODS.md §1).
+"""How MedDistill's loss terms combine into one per-example loss (docs/methods.md §1).
 
 The released terms are named ``"bce"`` (soft-target BCE), ``"prob"`` (probability MSE)
 and ``"feat"`` (feature MSE); ``"feat"`` is absent when the teacher has no features (e.g.

@@ -1,5 +1,7 @@
 """Predict with a trained model over a folder and, given masks, measure it.
 
+Stage 4 of MedDistill; the released evaluation's defects it avoids: docs/methods.md §1.
+
 This is ``predict_eval.py`` / ``medistill evaluate``. The model's recorded
 preprocessing is reapplied, predictions are mapped back to each image's original size,
 the threshold is applied to probabilities (never to logits), and every metric is

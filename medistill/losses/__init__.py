@@ -1,5 +1,7 @@
 """Losses as plain functions on tensors, usable outside any trainer.
 
+The methods they implement, and where they depart from them: docs/methods.md.
+
 * ``segmentation`` — supervised BCE/CE + Dice;
 * ``distillation`` — MedDistill's label-free terms (soft-mask BCE and MSE, features, agreement);
 * ``kamsd``, ``cakd``, ``mskd``, ``sikd``, ``boundaries`` — the supervised recipes;

@@ -1,5 +1,7 @@
 """Label-map helpers for the losses: thin class contours and label-shape normalisation.
 
+The contours are EDSDF's boundary targets (docs/methods.md §2).
+
 KAMSD supervises a boundary head with thin ground-truth contours. A data set without
 ``boundaries/`` masks gets them from its label maps with :func:`boundary_map`, which uses
 TensorFlow ops only, so it runs inside a ``tf.data`` map function, batched or not.

@@ -1,4 +1,4 @@
-"""Class-affinity knowledge distillation (CAKD) of LCOV-Net (METHODS.md §3).
+"""Class-affinity knowledge distillation (CAKD) of LCOV-Net (docs/methods.md §3).
 
 With ``Q = softmax(z)`` reshaped to ``K × N`` (N pixels), the class affinity is the
 ``K × K`` matrix ``M = Q Qᵀ``; ``M[j, k] = Σ_n q_j(n) q_k(n)`` says how much classes j and

@@ -1,4 +1,4 @@
-"""Label-free distillation losses (MedDistill, METHODS.md §1), per example, float32.
+"""Label-free distillation losses (MedDistill, docs/methods.md §1), per example, float32.
 
 The student learns from a teacher's soft mask ``S`` (probabilities in [0, 1]) and,
 optionally, from its encoder features ``F_t``:

@@ -1,4 +1,4 @@
-"""EDSDF / KAMSD losses (METHODS.md §2): deep supervision, boundaries, adapters, temperature.
+"""EDSDF / KAMSD losses (docs/methods.md §2): deep supervision, boundaries, adapters, temperature.
 
 The KAMSD student loss is::
 

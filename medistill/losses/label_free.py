@@ -1,5 +1,7 @@
 """Label-free terms that keep a distilled student from collapsing on small targets.
 
+MedDistill's additions (docs/methods.md §1, deviations; docs/label_free_losses.md).
+
 The released MedDistill terms (:mod:`medistill.losses.distillation`) average over
 pixels, so a target covering under 1 % of the image is worth under 1 % of the loss and
 "nothing here" is a near-optimal student. These terms (docs/label_free_losses.md) use

@@ -1,4 +1,4 @@
-"""Multi-scale knowledge distillation (MSKD) and the LCOV-Net total loss (METHODS.md §3).
+"""Multi-scale knowledge distillation (MSKD) and the LCOV-Net total loss (docs/methods.md §3).
 
 At every deep-supervision scale, MSKD is the soft cross-entropy between the teacher's
 and the student's temperature-scaled class distributions, the temperature of a map

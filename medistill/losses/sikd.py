@@ -1,4 +1,4 @@
-"""Shape-intensity knowledge distillation (SIKD, METHODS.md §5).
+"""Shape-intensity knowledge distillation (SIKD, docs/methods.md §5).
 
 The teacher learns from the *class-wise averaged* image, in which every pixel takes
 the mean intensity of all pixels of its ground-truth class in that image::

@@ -1,4 +1,4 @@
-"""The pieces of SSCD (semi-supervised curriculum decoupling, METHODS.md §4) as plain functions.
+"""The pieces of SSCD (semi-supervised curriculum decoupling, docs/methods.md §4) as plain functions.
 
 * curriculum: :func:`curriculum_weights`, :func:`stage_for_epoch`, :func:`fold_weights`,
   :func:`curriculum_logits` — which decoder outputs (coarse to fine) make the prediction;
@@ -127,8 +127,8 @@ def pv_gated_pseudo_labels(probs: tf.Tensor, pv_threshold: float = 0.8,
                            second_threshold: float = 0.3) -> tf.Tensor:
     """Pseudo labels ``(B, H, W)`` int32 from probabilities ``(B, H, W, K)`` with the PV gate.
 
-    Reading of METHODS.md ("keep the top-2 class where PV > 0.8 and p₂ > 0.3, else
-    argmax"), which is also what the authors' released code computes: at a pixel where
+    Reading of docs/methods.md §4 ("runner-up class where PV > 0.8 and p₂ > 0.3,
+    arg-max elsewhere"), which is also what the authors' released code computes: at a pixel where
     ``pseudo_variance > pv_threshold`` *and* the second-highest probability ``p₂ >
     second_threshold``, the label is the runner-up class (the top-2 class); everywhere
     else it is the arg-max class. The seed README says nothing more.
@@ -403,7 +403,7 @@ def sscd_model_loss_per_example(
 
     Returns ``{"mix", "cross", "exchange", "total"}``, each ``(B,)``. Every term is averaged
     over its groups: with the two copy-paste directions (labelled box into unlabelled
-    image and back) as the two groups, the mean of their Dice+CE is METHODS' ``(·)_mix/2``.
+    image and back) as the two groups, the mean of their Dice+CE is the ``(·)_mix/2`` of docs/methods.md §4.
     """
     box = tf.cast(box, tf.float32)
     inside = region_ce_dice_per_example(mixed_labels, mixed_logits, box)

@@ -1,5 +1,7 @@
 """2-D LCOV-Net student: a U-Net of lightweight attention-based convolution blocks (LACB).
 
+Specification and deviations from the 3-D original: docs/methods.md §3.
+
 The 3-D LCOV-Net factorises a 3×3×3 convolution into 1×1×3 and 3×3×1; this 2-D
 analogue uses 1×3 then 3×1. A block maps ``F`` to
 

@@ -1,5 +1,7 @@
 """UNet++ student (nested U-Net): dense skip pathways between encoder and decoder.
 
+The student of the released MedDistill (docs/methods.md §1).
+
 Node ``X^{i,j}`` (level ``i``, column ``j``) is a double conv on
 ``concat(X^{i,0}, …, X^{i,j-1}, Up(X^{i+1,j-1}))``; up-sampling is bilinear. With the
 defaults (filters 32-64-128-256-512, one logit) the model has 9,166,401 weights

@@ -1,4 +1,4 @@
-"""MedDistill (METHODS.md §1): a student distilled from a box-prompted foundation model, no labels.
+"""MedDistill (docs/methods.md §1): a student distilled from a box-prompted foundation model, no labels.
 
 Modules: ``config`` (:class:`MedDistillConfig`, saved as ``config.json``), ``data``
 (teacher cache and images in the student frame, the tf.data pipeline), ``trainer``

@@ -1,5 +1,7 @@
 """The MedDistill distiller: the student, its loss terms, their weighting, one training step.
 
+Specification: docs/methods.md §1 (released terms, weightings, co-learning).
+
 :class:`MedDistiller` owns what trains beside the student (the feature projection, the
 loss weighting, the co-learned decoder) and turns a batch into per-example loss terms
 (docs/label_free_losses.md):

@@ -1,4 +1,4 @@
-"""CAKD + MSKD (LCOV-Net, METHODS.md §3): class-affinity and multi-scale distillation.
+"""CAKD + MSKD (LCOV-Net, docs/methods.md §3): class-affinity and multi-scale distillation.
 
 The student loss, per example::
 

@@ -1,4 +1,4 @@
-"""KAMSD (EDSDF, METHODS.md §2): deep supervision, boundary heads, adapters, T = 4.
+"""KAMSD (EDSDF, docs/methods.md §2): deep supervision, boundary heads, adapters, T = 4.
 
 The student loss, per example::
 

@@ -1,4 +1,4 @@
-"""SIKD (METHODS.md §5): shape-intensity distillation through class-wise averaged images.
+"""SIKD (docs/methods.md §5): shape-intensity distillation through class-wise averaged images.
 
 * The class-wise averaged image ``x̄`` (every pixel the mean intensity of its
   ground-truth class in that image) is computed on the fly in the ``tf.data``

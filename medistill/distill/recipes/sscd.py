@@ -1,4 +1,4 @@
-"""SSCD (METHODS.md §4): semi-supervised curriculum distillation with two students.
+"""SSCD (docs/methods.md §4): semi-supervised curriculum distillation with two students.
 
 Data. The training images are split once (by source file, seeded by ``--seed``) into a
 labelled part, ``--labelled-fraction`` of them, and an unlabelled part read *without*

@@ -1,5 +1,7 @@
 """Teacher training with deep supervision, for the recipes that distil every head.
 
+Used by KAMSD and CAKD + MSKD (docs/methods.md §2, §3).
+
 The supervised trainer (:func:`medistill.train.supervised.train_supervised`) fits the
 main logits only, so a network built with ``deep_supervision=True`` would leave its
 ``aux`` heads untrained, and KAMSD / MSKD would distil random maps at the coarse
