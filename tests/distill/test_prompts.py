@@ -109,7 +109,7 @@ def test_unmatched_student_boxes_are_added_only_when_confident():
                   student(50, 50, 58, 58, score=0.7)]     # unsure
     merged = merge_prompts([], candidates, 64, 64, rule)
     assert merged.origins == ["added"] and merged.boxes[0] == Box(2, 2, 6, 6, score=0.95, class_id=0)
-    assert merged.skipped == {"inside": 0, "rejected": 0, "unconfident": 2}
+    assert merged.skipped == {"inside": 0, "rejected": 0, "unconfident": 2, "not_allowed": 0}
     assert not is_confirmed_negative([], merged)
 
 
@@ -119,7 +119,7 @@ def test_pieces_inside_a_detector_box_and_rejected_boxes_are_not_added():
     candidates = [student(2, 2, 36, 36), student(30, 30, 38, 38), student(50, 50, 60, 60)]
     merged = merge_prompts(detector, candidates, 64, 64, rule, rejected=[Box(51, 51, 60, 60)])
     assert merged.origins == ["replaced"]
-    assert merged.skipped == {"inside": 1, "rejected": 1, "unconfident": 0}
+    assert merged.skipped == {"inside": 1, "rejected": 1, "unconfident": 0, "not_allowed": 0}
     # everything the student saw on an image without detector boxes was rejected: confirmed negative
     only_rejected = merge_prompts([], [candidates[2]], 64, 64, rule, rejected=[Box(51, 51, 60, 60)])
     assert only_rejected.boxes == [] and is_confirmed_negative([], only_rejected)
@@ -152,3 +152,10 @@ def test_a_tight_detector_box_on_a_small_object_still_matches():
     # and a box rejected before blocks the same student box again, widened or not
     again = merge_prompts([], [student(40, 40, 45, 45)], 64, 64, rule, rejected=[Box(38, 38, 47, 47)])
     assert again.boxes == [] and again.skipped["rejected"] == 1
+
+
+def test_nothing_is_added_when_adding_is_not_allowed():
+    rule = PromptRule(min_area=4, margin_fraction=0.0, margin_pixels=0.0)
+    merged = merge_prompts([Box(0, 0, 10, 10)], [student(0, 0, 9, 10), student(40, 40, 50, 50, score=0.99)],
+                           64, 64, rule, add=False)
+    assert merged.origins == ["replaced"] and merged.skipped["not_allowed"] == 1

@@ -315,6 +315,11 @@ def test_real_rounds_on_phantoms_export_the_selected_round(tmp_path, monkeypatch
 
     second = read_boxes(out / "rounds/2/boxes.json")
     assert second.source["kind"] == "student-round" and second.source["stats"]["replaced"] > 0
+    # boxes from masks list every object: no student box is added, every empty image is a negative
+    detector = read_boxes(tmp_path / "boxes.json")
+    assert detector.source["kind"] == "masks" and not second.source["student_adds_boxes"]
+    assert second.source["stats"]["added"] == 0
+    assert second.source["confirmed_negatives"] == sorted(e.stem for e in detector.images if not e.boxes)
     with h5py.File(out / "rounds/2/teacher_cache.h5", "r") as cache:
         assert cache.attrs["boxes_sha256"] == file_sha256(out / "rounds/2/boxes.json")
     assert MedDistillConfig.load(out / "rounds/2/run/config.json").init_from == str(out / "rounds/1/run")
@@ -340,7 +345,7 @@ def test_real_rounds_on_phantoms_export_the_selected_round(tmp_path, monkeypatch
 
 
 DRIVER = """
-import json, sys
+import json, logging, sys
 import numpy as np
 from medistill.data import load_sample, pair_folder
 from medistill.distill.meddistill import rounds
@@ -358,6 +363,7 @@ def predict(run_dir, image_dir, entries, batch=8):   # round 1's student found t
         yield entry, (truth[entry.stem] > 0).astype(np.float32) * 0.95
 
 rounds.predict_images = predict
+logging.getLogger("medistill").setLevel(logging.INFO)   # as the command line does
 rounds.run_rounds(MedDistillConfig(**settings))
 """
 

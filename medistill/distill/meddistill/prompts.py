@@ -42,6 +42,8 @@ score, the mean student probability over the component.
    **rejected** before (:func:`teacher_rejects`: the teacher's mask at an added box had
    fewer than the minimum area of pixels above 0.5), so one student mistake is not
    proposed again in every round. Added boxes take class 0 (the student is binary).
+   With ``add=False`` nothing is added (the rounds pass it for boxes made from
+   ground-truth masks, which list every object: an extra box could only be wrong).
 
 Only boxes: LiteMedSAM, as used here, takes box prompts only, so positive and negative
 points are not made.
@@ -74,7 +76,7 @@ from medistill.errors import MedistillError
 
 # What became of each box of a merge (MergeResult.origins) and of each student candidate.
 ORIGINS = ("replaced", "kept", "added")
-SKIPPED = ("inside", "rejected", "unconfident")
+SKIPPED = ("inside", "rejected", "unconfident", "not_allowed")
 
 
 @dataclass(frozen=True)
@@ -250,11 +252,12 @@ def greedy_matches(iou: np.ndarray, threshold: float) -> list[tuple[int, int]]:
 
 
 def merge_prompts(detector: Sequence[Box], student: Sequence[StudentBox], width: int, height: int,
-                  rule: PromptRule = PromptRule(), rejected: Sequence[Box] = ()) -> MergeResult:
+                  rule: PromptRule = PromptRule(), rejected: Sequence[Box] = (), add: bool = True) -> MergeResult:
     """The merged prompts of one ``width × height`` image (rule in the module docstring).
 
     ``detector``: the detector's boxes of the image; ``student``: :func:`student_boxes`
-    of the student's map; ``rejected``: boxes the teacher rejected in earlier rounds.
+    of the student's map; ``rejected``: boxes the teacher rejected in earlier rounds;
+    ``add``: whether unmatched student boxes may be added at all.
     The result lists the detector's boxes in their order (replaced or kept), then the
     added ones.
     """
@@ -292,6 +295,8 @@ def merge_prompts(detector: Sequence[Box], student: Sequence[StudentBox], width:
             result.skipped["inside"] += 1
         elif blocked[s]:
             result.skipped["rejected"] += 1
+        elif not add:
+            result.skipped["not_allowed"] += 1
         elif student[s].score >= rule.add_score and student[s].area >= smallest:
             w = widened[s]
             result.boxes.append(Box(w.x1, w.y1, w.x2, w.y2, score=float(min(1.0, student[s].score)), class_id=0))

@@ -31,7 +31,10 @@ round's boxes, then ``round.json``. Rerunning the same command skips finished ro
 images that have no box in the merged prompts although the student was asked: no detector
 box, no student box, and nothing the student was unsure of (every component it saw, if
 any, had been rejected by the teacher). The trainer trusts those as negatives at full
-weight; other images without a box stay ambiguous and keep a lower weight.
+weight; other images without a box stay ambiguous and keep a lower weight. When the
+detector's file was made from ground-truth masks (``source.kind == "masks"``), its boxes
+list every object: the student adds no box, and every image without one is a confirmed
+negative.
 
 **Label-free score, stopping and selection.** A round's score is the agreement Dice, at
 the original resolution, between its student's mask and its teacher's fused mask on the
@@ -263,6 +266,7 @@ def student_pass(config: MedDistillConfig, paths: RoundPaths, detector: BoxesFil
     rejected = {stem: [list(map(float, xyxy)) for xyxy in boxes]  # carried over: never proposed again
                 for stem, boxes in (current.source.get("rejected", {}) if ours else {}).items()}
     by_stem = detector.by_stem()
+    exhaustive = detector.source.get("kind") == "masks"  # boxes from ground-truth masks list every object
     stats: Counter = Counter()
     entries, added, confirmed = [], {}, []
     teacher_scores, student_scores, first_scores, masks = [], [], [], {}
@@ -288,7 +292,7 @@ def student_pass(config: MedDistillConfig, paths: RoundPaths, detector: BoxesFil
                                      "the detector's boxes file; it changed since the rounds began (use another "
                                      "--out, or --overwrite)")
             merged = merge_prompts(original.boxes, student_boxes(prob, rule), entry.width, entry.height, rule,
-                                   [Box(*xyxy) for xyxy in rejected.get(entry.stem, [])])
+                                   [Box(*xyxy) for xyxy in rejected.get(entry.stem, [])], add=not exhaustive)
             for origin in ("replaced", "kept", "added"):
                 stats[origin] += merged.count(origin)
             for reason, count in merged.skipped.items():
@@ -296,7 +300,7 @@ def student_pass(config: MedDistillConfig, paths: RoundPaths, detector: BoxesFil
             if merged.added:
                 added[entry.stem] = merged.added
             if not merged.boxes:
-                if is_confirmed_negative(original.boxes, merged):
+                if is_confirmed_negative(original.boxes, merged) or (exhaustive and not original.boxes):
                     confirmed.append(entry.stem)
                 else:
                     stats["ambiguous_negatives"] += 1
@@ -318,9 +322,10 @@ def student_pass(config: MedDistillConfig, paths: RoundPaths, detector: BoxesFil
                "images_gaining": stats["images_gaining"], "images_losing": stats["images_losing"],
                "confirmed_negatives": len(confirmed), "ambiguous_negatives": stats["ambiguous_negatives"],
                "skipped_inside": stats["skipped_inside"], "skipped_rejected": stats["skipped_rejected"],
-               "skipped_unconfident": stats["skipped_unconfident"]}
+               "skipped_unconfident": stats["skipped_unconfident"], "skipped_not_allowed": stats["skipped_not_allowed"]}
     source = {"kind": SOURCE_KIND, "round": k, "student": str(paths.run), "detector_boxes": str(config.boxes),
-              "detector_sha256": file_sha256(config.boxes), "rule": rule.to_dict(),
+              "detector_sha256": file_sha256(config.boxes), "detector_kind": detector.source.get("kind"),
+              "rule": rule.to_dict(), "student_adds_boxes": not exhaustive,
               "confirmed_negatives": sorted(confirmed), "added": added,
               "rejected": {stem: boxes for stem, boxes in sorted(rejected.items()) if boxes}, "stats": summary}
     next_boxes = BoxesFile(class_names=list(detector.class_names), images=entries, source=source)
