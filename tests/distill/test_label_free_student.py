@@ -47,7 +47,23 @@ class EllipseTeacher(Teacher):
         return TeacherOutput(masks, mask_uncertainty(masks), None, None, None, boxes)
 
 
+class EllipseFeatureTeacher(EllipseTeacher):
+    """The ellipse teacher with stride-4 features (pooled intensities), like LiteMedSAM's layout."""
+
+    name = "ellipse-features"
+
+    def _predict(self, image, boxes):
+        out = super()._predict(image, boxes)
+        grey = image[..., 0].astype(np.float32)
+        pooled = grey[: grey.shape[0] // 4 * 4, : grey.shape[1] // 4 * 4]
+        pooled = pooled.reshape(pooled.shape[0] // 4, 4, pooled.shape[1] // 4, 4).mean(axis=(1, 3))
+        out.features = np.stack([pooled, -pooled], axis=-1)
+        out.feature_stride = 4
+        return out
+
+
 register_teacher("ellipse", lambda argument: EllipseTeacher())
+register_teacher("ellipse-features", lambda argument: EllipseFeatureTeacher())
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +235,52 @@ def test_trust_weights_multiply_quality_into_the_negatives_rule():
     record = assign_trust(data, "auto", {"kind": "detector"}, np.array([0.5, 1.0, 0.0], np.float32))
     assert data.weights.tolist() == [0.5, UNCONFIRMED_NEGATIVE, 0.0]
     assert record["down_weighted_negatives"] == 1
+
+
+def test_ulwr_receives_the_uncertainty_the_cache_holds(phantoms):
+    """The per-image σ² reaching the weighting is the cache's, example by example (after shuffling)."""
+    from medistill.distill.weighting import ulwr_weights
+    from medistill.teachers.cache import CacheReader
+
+    data, batch = _batch(phantoms)
+    order, _ = md.epoch_plan(len(data), 1, 3, True, True)
+    with CacheReader(phantoms["root"] / "cache.h5") as cache:
+        expected = np.array([cache.entry(data.stems[i], features=False).image_uncertainty for i in order], np.float32)
+    assert expected.max() > 0
+    np.testing.assert_allclose(batch["uncertainty"].numpy(), expected, rtol=1e-6)
+    student = build_student("unet", in_channels=1, num_classes=1, **TINY)
+    distiller = MedDistiller(student, build_weighting("ulwr", ["bce", "prob"]), terms=["bce", "prob"])
+    out = distiller.losses(batch)
+    np.testing.assert_allclose(out.weights["bce"].numpy(), ulwr_weights(expected, has_feature=False)[:, 0].numpy(),
+                               rtol=1e-5)
+
+
+def test_the_exported_student_is_the_selected_epoch_not_the_last(phantoms, tmp_path, monkeypatch):
+    from medistill.distill.meddistill import trainer
+
+    scores = iter([0.9, 0.2, 0.1])
+    monkeypatch.setattr(trainer, "make_validation",
+                        lambda student, val, batch: (lambda: {"val_dice": next(scores)}))
+    config = MedDistillConfig(image_dir=str(phantoms["images"]), boxes=str(phantoms["boxes"]), out=str(tmp_path / "r"),
+                              cache=str(phantoms["root"] / "cache.h5"), teacher="ellipse", student="unet",
+                              student_options=TINY, img_size=64, epochs=3, batch=4, seed=0, keep_collapsed=True)
+    run = train_meddistill(config)
+    exported = keras.saving.load_model(run / "student.keras", compile=False).get_weights()
+    best = build_student("unet", in_channels=1, num_classes=1, **TINY)
+    best.load_weights(str(run / "best.weights.h5"))
+    last = build_student("unet", in_channels=1, num_classes=1, **TINY)
+    tf.train.Checkpoint(model=last).restore(tf.train.latest_checkpoint(str(run / "checkpoints"))).expect_partial()
+    assert all(np.array_equal(a, b) for a, b in zip(exported, best.get_weights()))
+    assert not all(np.array_equal(a, b) for a, b in zip(exported, last.get_weights()))
+    assert json.loads((run / "summary.json").read_text())["best_val_dice"] == pytest.approx(0.9)
+
+
+def test_the_default_terms_train_inside_tf_function_with_a_feature_teacher(phantoms, tmp_path):
+    """Every default term, the feature term included, through the compiled training step."""
+    config = MedDistillConfig(image_dir=str(phantoms["images"]), boxes=str(phantoms["boxes"]), out=str(tmp_path / "f"),
+                              teacher="ellipse-features", student="unet", student_options=TINY, img_size=64,
+                              epochs=1, batch=4, seed=0, min_steps_per_epoch=2, keep_collapsed=True)
+    run = train_meddistill(config)
+    history = pd.read_csv(run / "history.csv")
+    assert {"bce", "dice", "proj", "outside", "feat", "w_feat"} <= set(history.columns)
+    assert np.isfinite(history[["bce", "dice", "proj", "outside", "feat"]].to_numpy()).all()

@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
-import h5py
 import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
@@ -54,6 +53,7 @@ from medistill.distill.colearn import pad_boxes
 from medistill.errors import MedistillError
 from medistill.losses.label_free import inside_boxes, rasterise_boxes
 from medistill.teachers.base import Teacher
+from medistill.teachers.cache import CacheReader
 from medistill.teachers.litemedsam.preprocessing import IMAGE_SIZE as LITEMEDSAM_SIZE
 from medistill.teachers.litemedsam.preprocessing import scale_boxes
 from medistill.train.data_setup import split_by_source
@@ -127,17 +127,10 @@ def targets_from_output(out) -> TeacherTargets:
 # --------------------------------------------------------------------------- the cache
 
 
-def read_cached(handle: h5py.File, stem: str, cache_path: str | Path) -> TeacherTargets:
+def read_cached(cache: CacheReader, stem: str) -> TeacherTargets:
     """One image's :class:`TeacherTargets` from an open teacher cache."""
-    group = handle.get(f"images/{stem}")
-    if group is None or not group.attrs.get("done", False):
-        raise MedistillError(f"{cache_path}: no finished entry for image {stem!r}; the cache was made from "
-                             "another boxes file or is unfinished (rerun to complete it, or --overwrite)")
-    stride = int(group.attrs.get("feature_stride", -1))
-    features = group["features"][()] if "features" in group else None
-    return TeacherTargets(group["fused"][()].astype(np.float32), float(group.attrs["image_uncertainty"]),
-                          group["boxes"][()].astype(np.float32).reshape(-1, 4), features,
-                          stride if stride > 0 else None)
+    entry = cache.entry(stem)
+    return TeacherTargets(entry.fused, entry.image_uncertainty, entry.boxes, entry.features, entry.feature_stride)
 
 
 @dataclass(frozen=True)
@@ -158,15 +151,8 @@ def cache_feature_info(cache_path: str | Path, stems: Sequence[str]) -> FeatureI
     Raises :class:`MedistillError` when some images have features and others not, or
     when their shapes differ.
     """
-    shapes = set()
-    with h5py.File(cache_path, "r") as handle:
-        for stem in stems:
-            targets_group = handle.get(f"images/{stem}")
-            if targets_group is None:
-                raise MedistillError(f"{cache_path}: image {stem!r} is missing; rebuild the cache (--overwrite)")
-            has = "features" in targets_group
-            shapes.add((tuple(targets_group["features"].shape), int(targets_group.attrs["feature_stride"]))
-                       if has else None)
+    with CacheReader(cache_path) as cache:
+        shapes = {cache.feature_info(stem) for stem in stems}
     if shapes == {None}:
         return None
     if None in shapes or len(shapes) != 1:
@@ -340,8 +326,8 @@ def load_from_cache(cache_path: str | Path, image_dir: str | Path, entries: Sequ
                     pre: PreprocessConfig, *, grid: int | None, co_learn: bool = False,
                     desc: str = "reading teacher cache") -> DistillData:
     """:func:`assemble` with the targets read from the teacher cache."""
-    with h5py.File(cache_path, "r") as handle:
-        return assemble(entries, image_dir, pre, lambda i, _: read_cached(handle, entries[i].stem, cache_path),
+    with CacheReader(cache_path) as cache:
+        return assemble(entries, image_dir, pre, lambda i, _: read_cached(cache, entries[i].stem),
                         grid=grid, co_learn=co_learn, desc=desc)
 
 

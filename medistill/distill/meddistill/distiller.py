@@ -118,22 +118,32 @@ class MedDistiller:
         """Per-example loss terms, their weights and the weighted total for one batch."""
         outputs = self.forward_model(batch["image"], training=training)
         logits = outputs["logits"]
-        soft = batch["soft"]
-        compute = {
-            "bce": lambda: (weighted_soft_bce_per_example(soft, logits, confidence_weights(soft))
-                            if self.confidence else soft_bce_per_example(soft, logits)),
-            "prob": lambda: prob_mse_per_example(soft, logits),
-            "dice": lambda: soft_dice_loss_per_example(soft, logits),
-            "proj": lambda: box_projection_per_example(logits, batch["rows"], batch["cols"], batch["box_weights"]),
-            "outside": lambda: outside_box_per_example(logits, batch["inside"], outside_trust(batch["box_weights"])),
-            "feat": lambda: self.feature_fn(self.projection(outputs[self.feature_layer]), batch["features"]),
-        }
-        terms = {name: compute[name]() for name in self._terms}
+        terms = {name: self._term(name, batch, outputs) for name in self._terms}
         if "weight" in batch:
             trust = tf.stop_gradient(tf.cast(tf.reshape(batch["weight"], (-1,)), tf.float32))
             terms = {name: trust * value for name, value in terms.items()}
         total, weights = self.weighting(terms, batch["uncertainty"])
         return StepOutput(logits, total, terms, weights)
+
+    def _term(self, name: str, batch: dict, outputs: dict) -> tf.Tensor:
+        """One per-example term ``(B,)``. Plain branches, no lambdas: autograph misreads lambdas
+        that share source lines inside a ``tf.function``."""
+        logits, soft = outputs["logits"], batch["soft"]
+        if name == "bce":
+            if self.confidence:
+                return weighted_soft_bce_per_example(soft, logits, confidence_weights(soft))
+            return soft_bce_per_example(soft, logits)
+        if name == "prob":
+            return prob_mse_per_example(soft, logits)
+        if name == "dice":
+            return soft_dice_loss_per_example(soft, logits)
+        if name == "proj":
+            return box_projection_per_example(logits, batch["rows"], batch["cols"], batch["box_weights"])
+        if name == "outside":
+            return outside_box_per_example(logits, batch["inside"], outside_trust(batch["box_weights"]))
+        if name == "feat":
+            return self.feature_fn(self.projection(outputs[self.feature_layer]), batch["features"])
+        raise ValueError(f"unknown loss term {name!r}")
 
     def colearn_per_example(self, batch: dict, logits: tf.Tensor) -> tf.Tensor:
         """The decoder's co-learning loss ``(B,)`` (its output flipped like the student's input)."""
