@@ -63,7 +63,8 @@ class QualitySettings:
 
     def to_json(self) -> str:
         """Canonical JSON (the cache's ``quality`` root attribute)."""
-        return json.dumps({k: v for k, v in asdict(self).items()}, sort_keys=True)
+        return json.dumps({"jitter": float(self.jitter), "draws": int(self.draws), "seed": int(self.seed),
+                           "threshold": float(self.threshold)}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> QualitySettings:
