@@ -22,8 +22,15 @@ def in_process(capsys, *args: str) -> subprocess.CompletedProcess:
     """``medistill ARGS`` run in this process (faster than a new one: TensorFlow is loaded once)."""
     from medistill.cli import main
 
+    import logging
+
     capsys.readouterr()
-    code = main(list(args))
+    try:
+        code = main(list(args))
+    finally:  # the console handler writes to this test's captured stderr: drop it afterwards
+        logger = logging.getLogger("medistill")
+        for handler in [h for h in logger.handlers if getattr(h, "_medistill_console", False)]:
+            logger.removeHandler(handler)
     captured = capsys.readouterr()
     return subprocess.CompletedProcess(args, code, captured.out, captured.err)
 
@@ -90,3 +97,97 @@ def test_a_truncated_checkpoint_resumes_from_the_previous_one(phantoms, tmp_path
     assert "ckpt-2 is damaged" in again.stderr and "previous checkpoint ckpt-1" in again.stderr
     assert "1 epoch(s) already done" in again.stderr
     assert (run / "checkpoints" / "damaged").is_dir()
+
+
+# --------------------------------------------------------------------------- a failed start writes nothing
+
+
+def test_a_failed_start_leaves_no_run_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    refused(in_process(capsys, "train", "--data", str(tmp_path / "no-such-data"), "--out", str(run), *TINY),
+            str(tmp_path / "no-such-data"))
+    assert not run.exists()
+
+
+def test_a_start_that_failed_after_writing_does_not_block_the_corrected_command(tmp_path):
+    from medistill.train.config import TrainConfig
+    from medistill.train.run_folder import prepare_run_folder, release_run_folder
+
+    run = tmp_path / "run"
+    prepare_run_folder(TrainConfig(data=str(tmp_path / "typo"), out=str(run)), TrainConfig)  # then it failed
+    release_run_folder(run)
+    assert not prepare_run_folder(TrainConfig(data=str(tmp_path / "data"), out=str(run)), TrainConfig)
+    release_run_folder(run)
+
+
+# --------------------------------------------------------------------------- surprising masks
+
+
+def relabel(phantoms: Path, target: Path, value: int | None) -> Path:
+    """A copy of ``phantoms`` whose foreground is ``value`` (None: every mask empty)."""
+    import shutil
+
+    import numpy as np
+
+    from medistill.data import read_mask, write_mask_png
+
+    shutil.copytree(phantoms, target)
+    for path in (target / "masks").glob("*.png"):
+        mask = read_mask(path)
+        write_mask_png(path, np.zeros_like(mask) if value is None else (mask > 0) * value)
+    return target
+
+
+def test_sparse_label_values_need_an_explicit_mask_mode(phantoms, tmp_path, capsys):
+    data = relabel(phantoms, tmp_path / "data", 10)
+    run = tmp_path / "run"
+    refused(in_process(capsys, "train", "--data", str(data), "--out", str(run), *TINY),
+            "[10]", "--mask-mode binary", "11-class")
+    assert not run.exists()
+
+
+def test_sparse_labels_counted_when_asked(phantoms, tmp_path):
+    from medistill.data import pair_folder
+    from medistill.train.data_setup import count_classes
+
+    data = relabel(phantoms, tmp_path / "data", 10)
+    samples = pair_folder(data / "images", data / "masks")
+    assert count_classes(samples, "binary") == 2
+    assert count_classes(samples, "labels") == 11
+
+
+def test_all_empty_masks_warn(phantoms, tmp_path, caplog):
+    import logging
+
+    from medistill.data import pair_folder
+    from medistill.train.data_setup import count_classes
+
+    data = relabel(phantoms, tmp_path / "data", None)
+    logging.getLogger("medistill").propagate = True
+    try:
+        with caplog.at_level(logging.WARNING, logger="medistill"):
+            assert count_classes(pair_folder(data / "images", data / "masks")) == 2
+    finally:
+        logging.getLogger("medistill").propagate = False
+    assert "every mask" in caplog.text and "empty" in caplog.text
+
+
+def test_a_one_image_set_warns_that_validation_is_off(phantoms, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from medistill.train.data_setup import training_samples
+
+    data = tmp_path / "one"
+    for folder in ("images", "masks"):
+        (data / folder).mkdir(parents=True)
+        first = sorted((phantoms / folder).iterdir())[0]
+        shutil.copy(first, data / folder / first.name)
+    logging.getLogger("medistill").propagate = True
+    try:
+        with caplog.at_level(logging.WARNING, logger="medistill"):
+            train, val = training_samples(data, val_fraction=0.2)
+    finally:
+        logging.getLogger("medistill").propagate = False
+    assert (len(train), len(val)) == (1, 0)
+    assert "validation is off" in caplog.text and str(data) in caplog.text

@@ -427,3 +427,25 @@ def test_cli_teach_refuses_a_boxes_entry_outside_the_image_folder(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "../secret.png" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "cache.h5").exists()
+
+
+# --------------------------------------------------------------------------- item 10: resume == no kill
+
+
+def test_a_resumed_supervised_run_is_the_uninterrupted_run(tmp_path):
+    import pandas as pd
+
+    from medistill.cli import main
+
+    data = tmp_path / "data"
+    assert main(["phantoms", "--out", str(data), "--n", "8", "--size", "32", "--seed", "0"]) == 0
+    common = ["--data", str(data), "--img-size", "32", "--batch", "2", "--schedule", "constant", "--seed", "3",
+              "--student-options", '{"base_filters": 4, "depth": 2}']
+    assert main(["train", *common, "--out", str(tmp_path / "whole"), "--epochs", "3"]) == 0
+    assert main(["train", *common, "--out", str(tmp_path / "cut"), "--epochs", "1"]) == 0  # "killed" after epoch 1
+    assert main(["train", *common, "--out", str(tmp_path / "cut"), "--epochs", "3"]) == 0  # the same command again
+    whole = pd.read_csv(tmp_path / "whole" / "history.csv")
+    cut = pd.read_csv(tmp_path / "cut" / "history.csv")
+    assert len(whole) == len(cut) == 3
+    columns = ["loss", "val_loss", "val_dice"]
+    np.testing.assert_allclose(cut[columns].to_numpy(), whole[columns].to_numpy(), rtol=1e-5, atol=1e-6)

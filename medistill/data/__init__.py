@@ -25,6 +25,7 @@ __all__ = [
     "Geometry",
     "PreprocessConfig",
     "augment_pair",
+    "epoch_datasets",
     "make_dataset",
     "make_image_dataset",
     "preprocess_image",
@@ -50,6 +51,7 @@ __all__ = [
 _TENSORFLOW_NAMES = {
     "AugmentConfig": "medistill.data.augment",
     "augment_pair": "medistill.data.augment",
+    "epoch_datasets": "medistill.data.pipeline",
     "make_dataset": "medistill.data.pipeline",
     "make_image_dataset": "medistill.data.pipeline",
 }

@@ -136,10 +136,78 @@ def make_dataset(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def _augmented(dataset: tf.data.Dataset, augment: AugmentConfig, seed: int) -> tf.data.Dataset:
+def epoch_datasets(
+    samples: Sequence[Any],
+    cfg: PreprocessConfig,
+    *,
+    num_classes: int,
+    batch_size: int,
+    shuffle: bool,
+    augment: AugmentConfig | None,
+    seed: int,
+    drop_remainder: bool = True,
+    load_fn: LoadFn | None = None,
+    mask_mode: str = "auto",
+) -> Callable[[int], tf.data.Dataset]:
+    """``epoch -> that epoch's batches``, with order and augmentation drawn from ``(seed, epoch)`` only.
+
+    The batches are those of :func:`make_dataset`, but epoch ``k`` is the same in every
+    process: a run resumed at epoch ``k`` sees exactly the data an uninterrupted run
+    would (``make_dataset`` reshuffles per pass, so a new process starts again with
+    the first epoch's order). Preprocessed examples are kept in memory after their
+    first use, as ``make_dataset``'s cache does.
+
+    Example::
+
+        train = epoch_datasets(samples, cfg, num_classes=2, batch_size=8, shuffle=True,
+                               augment=AugmentConfig(), seed=0)
+        loop.fit(train)            # the loop calls train(epoch) for every epoch
+    """
+    samples = list(samples)
+    _check_common(samples, batch_size)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    load = load_fn if load_fn is not None else _default_load_fn(mask_mode)
+    seed = int(seed)
+    memo: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def load_and_preprocess(index: np.int64) -> tuple[np.ndarray, np.ndarray]:
+        key = int(index)
+        if key not in memo:
+            sample = samples[key]
+            image, mask = load(sample)
+            if mask is None:
+                raise ValueError(f"sample {_sample_name(sample)} has no mask; training and evaluation need one")
+            x, geometry = preprocess_image(image, cfg)
+            y = preprocess_mask(mask, geometry, cfg.size)
+            _check_labels(y, num_classes, sample)
+            memo[key] = (x, y)
+        return memo[key]
+
+    def load_element(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        x, y = tf.numpy_function(load_and_preprocess, [index], (tf.float32, tf.int32), name="load_sample")
+        x.set_shape((cfg.size, cfg.size, cfg.channels))
+        y.set_shape((cfg.size, cfg.size))
+        return x, y
+
+    def for_epoch(epoch: int) -> tf.data.Dataset:
+        rng = np.random.default_rng([seed, int(epoch)])
+        order = rng.permutation(len(samples)) if shuffle else np.arange(len(samples))
+        dataset = tf.data.Dataset.from_tensor_slices(order.astype(np.int64))
+        dataset = dataset.map(load_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if augment is not None:
+            dataset = _augmented(dataset, augment, int(rng.integers(2**31 - 1)), rerandomize=False)
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+    return for_epoch
+
+
+def _augmented(dataset: tf.data.Dataset, augment: AugmentConfig, seed: int,
+               rerandomize: bool = True) -> tf.data.Dataset:
     # One (2,) stateless seed per element, from a seeded stream that is redrawn every
     # epoch (rerandomize_each_iteration) but identical across builds with the same seed.
-    element_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    element_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=rerandomize).batch(2)
     paired = tf.data.Dataset.zip(dataset, element_seeds)
     return paired.map(
         lambda pair, element_seed: augment_pair(pair[0], pair[1], element_seed, augment),

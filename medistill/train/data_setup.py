@@ -65,15 +65,50 @@ def training_samples(
         val = checked("val")
     else:
         train, val = split_by_source(train, val_fraction, seed)
+        if val_fraction > 0 and not val:
+            log.warning("%s has only %d image(s) (or one source file): none can be held out for validation "
+                        "(--val-fraction %g), so validation is off and the best epoch is chosen by the "
+                        "training loss. Add images or a val/ folder for a meaningful run",
+                        data_dir, len(train), val_fraction)
     log.info("data: %d training and %d validation images from %s", len(train), len(val), data_dir)
     return train, val
 
 
 def count_classes(samples: list[Sample], mask_mode: str = "auto") -> int:
-    """Number of label classes, background included (2 for binary masks)."""
-    highest = 0
+    """Number of label classes, background included (2 for binary masks).
+
+    With ``mask_mode="auto"``, label values with gaps (masks holding {0, 10}, say) are
+    refused: read literally they would make an 11-class model with 9 classes that never
+    occur. ``--mask-mode binary`` (foreground = any label) or ``--mask-mode labels`` (the
+    values are the classes, as asked) decide. Masks that are all empty get a warning.
+    """
+    values: set[int] = set()
+    first_with: dict[int, Path] = {}
     for sample in tqdm(samples, desc="scanning masks", unit="mask", leave=False):
         _, mask = load_sample(sample, mask_mode=mask_mode)
         if mask is not None and mask.size:
-            highest = max(highest, int(np.max(mask)))
-    return max(2, highest + 1)
+            for value in np.unique(mask).tolist():
+                values.add(int(value))
+                first_with.setdefault(int(value), Path(sample.mask_path or sample.image_path))
+    foreground = sorted(v for v in values if v > 0)
+    if not foreground:
+        log.warning("every mask of the %d image(s) is empty (no foreground): the model can only learn "
+                    "background and its Dice on any lesion will be 0. Check --mask_dir, --mask-suffix and "
+                    "--mask-mode", len(samples))
+        return 2
+    missing = sorted(set(range(1, foreground[-1] + 1)) - set(foreground))
+    if missing and mask_mode == "auto":
+        raise DataError(
+            f"the masks hold the label values {foreground} (e.g. {first_with[foreground[-1]]}) but not "
+            f"{_listing(missing)}: read as classes they would make a {foreground[-1] + 1}-class model whose "
+            f"classes {_listing(missing)} never occur. Pass --mask-mode binary for one foreground class "
+            f"(any value > 0), or --mask-mode labels to train on the values as they are")
+    if missing:
+        log.warning("label values %s never occur in the masks (found %s): the model still has %d classes",
+                    _listing(missing), foreground, foreground[-1] + 1)
+    return max(2, foreground[-1] + 1)
+
+
+def _listing(values: list[int]) -> str:
+    shown = ", ".join(map(str, values[:8]))
+    return shown + (f" … ({len(values)} values)" if len(values) > 8 else "")

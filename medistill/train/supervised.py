@@ -19,13 +19,14 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from medistill.data import AugmentConfig, PreprocessConfig, make_dataset
+from medistill.data import AugmentConfig, PreprocessConfig, epoch_datasets, make_dataset
 from medistill.export import ModelCard
 from medistill.losses import hard_dice_per_example, predicted_labels, segmentation_loss
 from medistill.networks import build_student, model_summary
 from medistill.train.config import TrainConfig
 from medistill.train.data_setup import count_classes, training_samples
 from medistill.train.loop import LoopSettings, TrainingLoop
+from medistill.train.run_folder import check_run_folder
 
 log = logging.getLogger("medistill.train")
 
@@ -71,11 +72,13 @@ def train_supervised(config: TrainConfig) -> Path:
     """Train, resume if the run folder holds a compatible run, export; return the folder."""
     from medistill.distill.session import finish_run, open_run
 
+    # Every input is checked before the run folder is touched: a failed start writes nothing.
+    check_run_folder(config.out, TrainConfig, config.overwrite)
+    train, val = training_samples(config.data, mask_suffix=config.mask_suffix, mask_mode=config.mask_mode,
+                                  val_fraction=config.val_fraction, seed=config.seed,
+                                  skip_bad=config.skip_bad)
+    num_classes = config.num_classes or count_classes(train + val, config.mask_mode)
     with open_run(config, TrainConfig, cpu_replicas=config.cpu_replicas) as session:
-        train, val = training_samples(config.data, mask_suffix=config.mask_suffix, mask_mode=config.mask_mode,
-                                      val_fraction=config.val_fraction, seed=config.seed,
-                                      skip_bad=config.skip_bad)
-        num_classes = config.num_classes or count_classes(train + val, config.mask_mode)
         pre = preprocess_config(config)
         batch = session.global_batch(config.batch, len(train))
         steps = max(1, len(train) // batch)
@@ -83,10 +86,11 @@ def train_supervised(config: TrainConfig) -> Path:
             steps = min(steps, config.steps_per_epoch)
         augment = AugmentConfig() if config.augment else None
 
-        # Built once: each pass reshuffles and re-augments from the cached, decoded images.
-        train_data = make_dataset(train, pre, num_classes=num_classes, batch_size=batch, shuffle=True,
-                                  augment=augment, seed=config.seed, drop_remainder=True,
-                                  mask_mode=config.mask_mode)
+        # Epoch k's order and augmentation come from (seed, k) only, so a resumed run sees
+        # the data an uninterrupted one would; decoded images are kept after first use.
+        train_data = epoch_datasets(train, pre, num_classes=num_classes, batch_size=batch, shuffle=True,
+                                    augment=augment, seed=config.seed, drop_remainder=True,
+                                    mask_mode=config.mask_mode)
 
         val_data = (make_dataset(val, pre, num_classes=num_classes, batch_size=max(1, config.batch),
                                  shuffle=False, augment=None, seed=config.seed,
@@ -118,7 +122,7 @@ def train_supervised(config: TrainConfig) -> Path:
                                 steps_per_epoch=steps)
         loop = TrainingLoop(session.strategy, session.run_dir, model, optimizer, step,
                             validation_fn(model, val_data, num_classes), settings)
-        history = loop.fit(lambda epoch: train_data)
+        history = loop.fit(train_data)
         finish_run(session, loop, model, ModelCard(pre, num_classes), history,
                    {"train_images": len(train), "val_images": len(val), **sizes})
         return session.run_dir
