@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import doctest
+
 import numpy as np
 import pytest
 
 from medistill.boxes.boxes_file import Box
+from medistill.distill.meddistill import prompts
 from medistill.distill.meddistill.prompts import (
     PromptRule,
     StudentBox,
@@ -159,3 +162,8 @@ def test_nothing_is_added_when_adding_is_not_allowed():
     merged = merge_prompts([Box(0, 0, 10, 10)], [student(0, 0, 9, 10), student(40, 40, 50, 50, score=0.99)],
                            64, 64, rule, add=False)
     assert merged.origins == ["replaced"] and merged.skipped["not_allowed"] == 1
+
+
+def test_the_docstring_examples_run():
+    result = doctest.testmod(prompts, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

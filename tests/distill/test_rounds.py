@@ -108,6 +108,7 @@ class FakeTrainer:
     def __init__(self, fail_in_round: int | None = None) -> None:
         self.calls: list[MedDistillConfig] = []
         self.fail_in_round = fail_in_round
+        self.collapse_in_round: int | None = None
 
     def __call__(self, config: MedDistillConfig, **_) -> Path:
         k = round_of(config.out)
@@ -125,7 +126,9 @@ class FakeTrainer:
         model.save(str(run / "student.keras"))
         write_json_atomic(run / "preprocessing.json", ModelCard(PreprocessConfig(size=64), 2).to_dict())
         write_json_atomic(run / "config.json", config.to_dict())
-        write_json_atomic(run / "summary.json", {"best_val_dice": 0.5 + k / 100, "epochs_run": 1})
+        collapse = {"collapsed": k == self.collapse_in_round, "reason": "predicts nothing"}
+        write_json_atomic(run / "summary.json", {"best_val_dice": 0.5 + k / 100, "epochs_run": 1,
+                                                 "collapse": collapse})
         return run
 
 
@@ -254,6 +257,19 @@ def test_stopping_rules(squares, fakes):
     assert rounds.stop_reasons(0.8, {"score": 0.7}, 0.9, False, rounds.StopRule()) == []
     assert rounds.stop_reasons(0.8, None, None, True, rounds.StopRule())[0].startswith("prompts unchanged")
     assert rounds.select_round([{"round": 1, "score": 0.7}, {"round": 2, "score": 0.7}])["round"] == 1
+    assert rounds.select_round([{"round": 1, "score": 0.6}, {"round": 2, "score": 0.7, "collapsed": True}])["round"] == 1
+
+
+def test_a_collapsed_round_ends_the_rounds_and_is_not_exported(squares, fakes):
+    trainer, _ = fakes
+    trainer.collapse_in_round = 2
+    out = squares["root"] / "out"
+    rounds.run_rounds(make_config(squares, out, rounds=3))
+    records = [json.loads((out / f"rounds/{k}/round.json").read_text()) for k in (1, 2)]
+    assert records[1]["collapsed"] and records[1]["reasons"][0] == "collapsed: predicts nothing"
+    assert records[1]["score"] > records[0]["score"] and not (out / "rounds/3").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"]["selected"] == 1 and not summary["collapse"]["collapsed"]
 
 
 def test_changed_settings_and_bad_options_are_refused(squares, fakes):
@@ -277,6 +293,7 @@ def test_changed_settings_and_bad_options_are_refused(squares, fakes):
         rounds.run_rounds(make_config(squares, squares["root"] / "d"))
 
 
+@pytest.mark.slow
 def test_real_rounds_on_phantoms_export_the_selected_round(tmp_path, monkeypatch):
     """The real trainer: round 2 starts from round 1's weights; OUT predicts like the selected round."""
     from medistill.boxes.oracle import boxes_from_masks
@@ -368,6 +385,7 @@ rounds.run_rounds(MedDistillConfig(**settings))
 """
 
 
+@pytest.mark.slow
 def test_kill_in_round_2_and_rerun_continues_it(tmp_path, wait_for_epochs):
     from medistill.boxes.oracle import boxes_from_masks
     from medistill.data.phantoms import generate_phantoms

@@ -11,7 +11,7 @@ the previous round's merged boxes. ``docs/refinement_rounds.md`` says all this f
 
 Layout of ``OUT``::
 
-    OUT/config.json, .medistill-run.json   the whole command (rounds = K); a rerun resumes
+    OUT/config.json, .medistill-run.json   the whole command (rounds = K; kind MedDistillRounds)
     OUT/rounds/<k>/boxes.json               round k's prompts (round 1: the detector's file, copied)
     OUT/rounds/<k>/teacher_cache.h5         the teacher on those prompts (round 1: --cache if given)
     OUT/rounds/<k>/run/                     round k's MedDistill run folder (student.keras, ...)
@@ -48,11 +48,14 @@ the rounds stop when
   next prompts would hardly move;
 
 and after any round when its student gives exactly the prompts of the round it was trained
-on (the next round would repeat it), or when ``--rounds`` is reached. The exported round
-is the one with the highest score (the earlier one on a tie). ``rounds.csv`` also lists, for judging the rule, each round's ``val_dice`` (the
-trainer's own best agreement, student frame) and ``agreement_first_teacher``, the same
-held-out agreement measured against round 1's teacher (the detector's prompts) instead of
-the round's own: a fixed reference that does not move with the prompts.
+on (the next round would repeat it), when its student collapsed (the trainer's check in
+``summary.json``), or when ``--rounds`` is reached. The exported round is the one with
+the highest score (the earlier one on a tie), among the rounds whose student did not
+collapse when there is one. For judging these rules,
+``rounds.csv`` also lists each round's ``val_dice`` (the trainer's own best agreement, in
+the student frame) and ``agreement_first_teacher``, the held-out agreement measured
+against round 1's teacher (the detector's prompts) instead of the round's own: a fixed
+reference that does not move with the prompts.
 
 Example::
 
@@ -111,7 +114,7 @@ CSV_COLUMNS = ("round", "boxes", "replaced", "kept", "added", "teacher_rejected"
                "images_losing", "confirmed_negatives", "ambiguous_negatives", "score", "val_dice",
                "agreement_previous", "agreement_first_teacher", "decision", "selected")
 SELECTION_RULE = ("the round with the highest held-out agreement Dice between its student and its teacher "
-                  "(original resolution); the earlier round on a tie")
+                  "(original resolution); the earlier round on a tie; a collapsed round only if all are")
 
 
 @dataclass(frozen=True)
@@ -334,9 +337,15 @@ def student_pass(config: MedDistillConfig, paths: RoundPaths, detector: BoxesFil
 
 
 def stop_reasons(score: float, previous: dict | None, agreement_previous: float | None, unchanged: bool,
-                 stop: StopRule) -> list[str]:
-    """The label-free reasons to end the rounds after this one (empty: go on)."""
+                 stop: StopRule, collapse: dict | None = None) -> list[str]:
+    """The label-free reasons to end the rounds after this one (empty: go on).
+
+    ``collapse`` is the run's ``summary.json`` record of that name (the trainer's
+    collapsed-student check); a collapsed student ends the rounds.
+    """
     reasons = []
+    if collapse and collapse.get("collapsed"):
+        reasons.append(f"collapsed: {collapse.get('reason', 'the student predicts (almost) nothing')}")
     if previous is not None and score - float(previous["score"]) < stop.margin:
         reasons.append(f"no gain: held-out agreement {score:.4f} after {float(previous['score']):.4f} "
                        f"(less than +{stop.margin})")
@@ -398,12 +407,16 @@ def _run_round(config: MedDistillConfig, paths: RoundPaths, detector: BoxesFile,
         log.info("round %d teacher cache %s: %s", k, one.cache_path(), cache)
     run_dir = Path(train_meddistill(one))
     found = student_pass(config, paths, detector, current, heldout, rule)
+    summary = _read_json(run_dir / "summary.json")
+    collapse = summary.get("collapse") if isinstance(summary.get("collapse"), dict) else None
     unchanged = _prompt_key(found.next_boxes) == _prompt_key(current)
-    reasons = stop_reasons(found.score, previous, found.agreement_previous, unchanged, stop)
+    reasons = stop_reasons(found.score, previous, found.agreement_previous, unchanged, stop, collapse)
     stats = found.next_boxes.source["stats"]
+    with_previous = ("" if found.agreement_previous is None
+                     else f", with round {k - 1}'s student {found.agreement_previous:.4f}")
     log.info("round %d: held-out agreement with its teacher %.4f%s; next prompts: %d box(es) (%d replaced, "
              "%d kept, %d added, %d teacher-rejected), %d image(s) gaining and %d losing boxes", k, found.score,
-             "" if found.agreement_previous is None else f", with round {k - 1}'s student {found.agreement_previous:.4f}",
+             with_previous,
              stats["boxes"], stats["replaced"], stats["kept"], stats["added"], stats["teacher_rejected"],
              stats["images_gaining"], stats["images_losing"])
     log.info("round %d negatives rule: of the images without a box in the next prompts, %d confirmed negatives "
@@ -416,8 +429,7 @@ def _run_round(config: MedDistillConfig, paths: RoundPaths, detector: BoxesFile,
     else:
         next_path = round_paths(config.out, k + 1).boxes
         write_boxes(next_path, found.next_boxes)
-    summary = _read_json(run_dir / "summary.json")
-    record = {"round": k, "run": str(run_dir), "boxes": str(paths.boxes), "cache": str(one.cache_path()),
+    record = {"round": k, "collapsed": bool(collapse and collapse.get("collapsed")), "run": str(run_dir), "boxes": str(paths.boxes), "cache": str(one.cache_path()),
               "score": round(found.score, 6), "val_dice": summary.get("best_val_dice"),
               "agreement_previous": None if found.agreement_previous is None else round(found.agreement_previous, 6),
               "agreement_first_teacher": round(found.agreement_first_teacher, 6),
@@ -443,10 +455,13 @@ def _finished(paths: RoundPaths) -> dict | None:
 
 
 def select_round(records: Sequence[dict]) -> dict:
-    """The record of the exported round: highest ``score``, the earlier round on a tie."""
+    """The record of the exported round: highest ``score``, the earlier round on a tie.
+
+    A round whose student collapsed is chosen only when every round's did.
+    """
     if not records:
         raise MedistillError("no finished round to select")
-    return max(records, key=lambda r: (float(r["score"]), -int(r["round"])))
+    return max(records, key=lambda r: (not r.get("collapsed", False), float(r["score"]), -int(r["round"])))
 
 
 def _decision(record: dict, last: bool, limit: int) -> str:
@@ -551,13 +566,57 @@ def _check_previous(config: MedDistillConfig) -> None:
                              "differ). Use another --out folder, or --overwrite to replace them.")
 
 
+class MedDistillRounds:
+    """The kind of run folder a rounds run is (the ``kind`` of its ``.medistill-run.json``).
+
+    A distinct kind makes :func:`medistill.train.run_folder.check_run_folder` refuse a
+    single MedDistill run (or any other command) in a folder that holds rounds, and the
+    rounds in a folder that holds another run.
+    """
+
+
+def _prepare_out(config: MedDistillConfig) -> Path:
+    """Check, lock and (with ``--overwrite``) empty ``OUT``; write its marker and ``config.json``.
+
+    Returns the lock file (release it with :func:`medistill.locking.release_lock`).
+    """
+    from medistill.locking import LOCK_NAME, acquire_lock, release_lock
+    from medistill.train.run_folder import MARKER_NAME, check_run_folder
+
+    out = Path(config.out)
+    check_run_folder(out, MedDistillRounds, config.overwrite)
+    lock = acquire_lock(out / LOCK_NAME, what=f"run folder {out}")
+    try:
+        check_run_folder(out, MedDistillRounds, config.overwrite)  # again, now that it is ours
+        if config.overwrite:
+            log.info("--overwrite: deleting the earlier rounds in %s", out)
+            for entry in out.iterdir():
+                if entry.name == LOCK_NAME:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        else:
+            _check_previous(config)
+            if round_paths(out, 1).boxes.exists():  # the detector's file must be the one the rounds began with
+                _first_boxes(config, round_paths(out, 1))
+        write_json_atomic(out / MARKER_NAME, {"medistill": "run", "kind": MedDistillRounds.__name__,
+                                              "command": "meddistill.py --rounds (medistill meddistill --rounds)"})
+        write_json_atomic(out / "config.json", config.to_dict())
+    except BaseException:
+        release_lock(lock)
+        raise
+    return lock
+
+
 def run_rounds(config: MedDistillConfig, *, rule: PromptRule | None = None, stop: StopRule | None = None) -> Path:
     """Run (or resume) up to ``config.rounds`` refinement rounds in ``config.out``; return ``config.out``.
 
     ``rule`` (:class:`~medistill.distill.meddistill.prompts.PromptRule`) and ``stop``
     (:class:`StopRule`) default to the documented settings.
     """
-    from medistill.train.run_folder import add_file_log, prepare_run_folder, release_run_folder
+    from medistill.locking import release_lock
 
     rule, stop = rule or PromptRule(), stop or StopRule()
     _check(config)
@@ -568,11 +627,10 @@ def run_rounds(config: MedDistillConfig, *, rule: PromptRule | None = None, stop
                              "needs held-out images (more images, or a larger --val-fraction)")
     heldout = {e.stem for e in val_entries}
     out = Path(config.out)
-    _check_previous(config)
-    if not config.overwrite and round_paths(out, 1).boxes.exists():
-        _first_boxes(config, round_paths(out, 1))  # the detector's file must be the one the rounds began with
-    prepare_run_folder(config, MedDistillConfig)
-    handler = add_file_log(out, LOG_NAME)
+    lock = _prepare_out(config)
+    handler = logging.FileHandler(out / LOG_NAME)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("medistill").addHandler(handler)
     teacher = _Teacher(config.teacher)
     records: list[dict] = []
     try:
@@ -594,5 +652,5 @@ def run_rounds(config: MedDistillConfig, *, rule: PromptRule | None = None, stop
     finally:
         logging.getLogger("medistill").removeHandler(handler)
         handler.close()
-        release_run_folder(out)
+        release_lock(lock)
     return out
