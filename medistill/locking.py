@@ -44,8 +44,26 @@ def _host() -> str:
     return socket.gethostname()
 
 
-def pid_alive(pid: int) -> bool:
-    """True when a process with this PID runs on this machine."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (Linux), or None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rpartition(")")[2].split()
+
+
+def process_start(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot, Linux), to tell a reused PID apart."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields and len(fields) > 19 else None
+
+
+def pid_alive(pid: int, started: int | None = None) -> bool:
+    """True when a process with this PID runs on this machine (a zombie does not count).
+
+    With ``started`` (from :func:`process_start`), a process that reuses the PID does not count.
+    """
     if pid <= 0:
         return False
     try:
@@ -53,8 +71,13 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, it is someone else's
-        return True
+        pass
     except OSError:
+        return False
+    fields = _proc_stat(pid)
+    if fields and fields[0] == "Z":  # exited, not yet reaped by its parent
+        return False
+    if started is not None and fields is not None and process_start(pid) != started:
         return False
     return True
 
@@ -76,7 +99,8 @@ def holder_alive(holder: dict | None) -> bool:
         return False
     if holder.get("host") not in (None, _host()):
         return True
-    return pid_alive(int(holder["pid"]))
+    started = holder.get("started")
+    return pid_alive(int(holder["pid"]), started if isinstance(started, int) else None)
 
 
 def _create(path: Path) -> bool:
@@ -85,8 +109,29 @@ def _create(path: Path) -> bool:
     except FileExistsError:
         return False
     with os.fdopen(handle, "w") as stream:
-        json.dump({"pid": os.getpid(), "host": _host()}, stream)
+        json.dump({"pid": os.getpid(), "host": _host(), "started": process_start(os.getpid())}, stream)
     return True
+
+
+def _ours(holder: dict | None) -> bool:
+    return holder is not None and holder.get("pid") == os.getpid() and holder.get("host") in (None, _host())
+
+
+def _locked_error(path: Path, holder: dict, what: str) -> LockedError:
+    host = holder.get("host")
+    where = f" on {host}" if host and host != _host() else ""
+    return LockedError(
+        f"{what} is in use by another medistill process (PID {holder['pid']}{where}; lock file "
+        f"{path}). Wait until it has finished or stop it, then run the command again; or choose "
+        "another folder. Two processes writing one folder would mix their files.")
+
+
+def check_lock(path: str | os.PathLike, what: str) -> None:
+    """Refuse, without writing anything, when another live process holds the lock ``path``."""
+    path = Path(path)
+    holder = read_lock(path) if path.is_file() else None
+    if holder is not None and not _ours(holder) and holder_alive(holder):
+        raise _locked_error(path, holder, what)
 
 
 def acquire_lock(path: str | os.PathLike, what: str) -> Path:
@@ -107,16 +152,11 @@ def acquire_lock(path: str | os.PathLike, what: str) -> Path:
 
             time.sleep(0.2)
             holder = read_lock(path)
-        if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") in (None, _host()):
+        if _ours(holder):
             _HELD.add(path.resolve())
             return path  # ours already
         if holder_alive(holder):
-            host = holder.get("host")
-            where = f" on {host}" if host and host != _host() else ""
-            raise LockedError(
-                f"{what} is in use by another medistill process (PID {holder['pid']}{where}; lock file "
-                f"{path}). Wait until it has finished or stop it, then run the command again; or choose "
-                "another folder. Two processes writing one folder would mix their files.")
+            raise _locked_error(path, holder, what)
         log.warning("taking over the lock %s of %s: its process (PID %s) no longer runs", path, what,
                     holder.get("pid") if holder else "unknown")
         try:
@@ -133,7 +173,7 @@ def release_lock(path: str | os.PathLike) -> None:
     path = Path(path)
     _HELD.discard(path.resolve())
     holder = read_lock(path)
-    if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") in (None, _host()):
+    if _ours(holder):
         try:
             path.unlink()
         except OSError:

@@ -449,3 +449,20 @@ def test_a_resumed_supervised_run_is_the_uninterrupted_run(tmp_path):
     assert len(whole) == len(cut) == 3
     columns = ["loss", "val_loss", "val_dice"]
     np.testing.assert_allclose(cut[columns].to_numpy(), whole[columns].to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_lock_of_a_zombie_or_a_reused_pid_is_stale():
+    from medistill.locking import holder_alive, process_start
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    import time
+
+    for _ in range(100):  # exited but not reaped: a zombie
+        if Path(f"/proc/{process.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+            break
+        time.sleep(0.05)
+    assert not holder_alive({"pid": process.pid})
+    process.wait()
+    me = os.getpid()
+    assert holder_alive({"pid": me, "started": process_start(me)})
+    assert not holder_alive({"pid": me, "started": process_start(me) + 1})  # the PID was reused

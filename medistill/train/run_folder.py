@@ -24,7 +24,7 @@ from pathlib import Path
 
 from medistill.errors import CheckpointError, MedistillError
 from medistill.fileio import write_json_atomic
-from medistill.locking import LOCK_NAME, acquire_lock, release_lock
+from medistill.locking import LOCK_NAME, acquire_lock, check_lock, release_lock
 
 log = logging.getLogger("medistill.train")
 
@@ -90,13 +90,17 @@ def _own_entries(run_dir: Path) -> list[Path]:
 def check_run_folder(out: str | Path, config_cls: type, overwrite: bool) -> None:
     """Refuse, before anything is written, an ``--out`` this command may not use.
 
-    ``out`` may be missing, empty, or a run of ``config_cls``'s command; anything else is
-    refused (with ``--overwrite`` too: it replaces only runs of the same command).
+    ``out`` may be missing, empty, or a run of ``config_cls``'s command that no other live
+    process is writing; anything else is refused (with ``--overwrite`` too: it replaces
+    only runs of the same command).
     """
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
         raise MedistillError(f"--out {run_dir} is a file; give a folder for the run")
-    if not run_dir.is_dir() or not _own_entries(run_dir):
+    if not run_dir.is_dir():
+        return
+    check_lock(run_dir / LOCK_NAME, what=f"run folder {run_dir}")
+    if not _own_entries(run_dir):
         return
     kind = run_kind(run_dir)
     wanted = config_cls.__name__
