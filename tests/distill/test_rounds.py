@@ -27,6 +27,7 @@ from medistill.data.preprocess import PreprocessConfig
 from medistill.distill.meddistill import rounds
 from medistill.distill.meddistill import trainer as trainer_module
 from medistill.distill.meddistill.config import MedDistillConfig
+from medistill.distill.meddistill.trainer import train_meddistill as real_train_meddistill
 from medistill.errors import MedistillError
 from medistill.export import ModelCard
 from medistill.fileio import file_sha256, write_json_atomic
@@ -287,6 +288,16 @@ def test_changed_settings_and_bad_options_are_refused(squares, fakes):
     write_boxes(squares["boxes"], changed)
     with pytest.raises(MedistillError, match="changed since round 1"):
         rounds.run_rounds(make_config(squares, out, rounds=2))
+    # a single run is refused where rounds are, and rounds where a single run is
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(MedistillError, match="MedDistillRounds"):
+        real_train_meddistill(make_config(squares, out, rounds=1))
+    assert sorted(p.name for p in out.iterdir()) == before
+    single = squares["root"] / "single"
+    single.mkdir()
+    (single / ".medistill-run.json").write_text(json.dumps({"medistill": "run", "kind": "MedDistillConfig"}))
+    with pytest.raises(MedistillError, match="holds a run of meddistill.py"):
+        rounds.run_rounds(make_config(squares, single))
     (squares["root"] / "d").mkdir()
     (squares["root"] / "d" / "notes.txt").write_text("mine")
     with pytest.raises(MedistillError, match="not empty"):
