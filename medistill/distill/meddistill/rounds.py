@@ -501,7 +501,7 @@ def export_selected(out: str | Path, records: Sequence[dict], limit: int, rule: 
     """Copy the selected round's student into ``out`` (each file atomically); return ``out/summary.json``."""
     out = Path(out)
     chosen = select_round(records)
-    run_dir = Path(chosen["run"])
+    run_dir = round_paths(out, chosen["round"]).run  # not the recorded path: OUT may have moved
     for required in ("student.keras", "preprocessing.json", "summary.json"):
         if not (run_dir / required).is_file():
             raise MedistillError(f"{run_dir / required} is missing: round {chosen['round']}'s run did not export; "
