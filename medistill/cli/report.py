@@ -106,15 +106,10 @@ def _table(args: argparse.Namespace) -> int:
 
 
 def _teacher_name(cache_path: str) -> str:
-    import h5py
+    from medistill.teachers.cache import CacheReader
 
-    try:
-        with h5py.File(cache_path, "r") as handle:
-            name = handle.attrs.get("teacher", "teacher")
-    except OSError as error:
-        raise MedistillError(f"the teacher cache {cache_path} cannot be read ({error}); build it with "
-                             "`python -m medistill teach`") from error
-    return name.decode() if isinstance(name, bytes) else str(name)
+    with CacheReader(cache_path) as cache:
+        return cache.teacher
 
 
 def _conf(args: argparse.Namespace) -> int:

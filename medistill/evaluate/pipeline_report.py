@@ -127,23 +127,13 @@ def box_recall_row(step: str, detected: BoxesFile, masks: Mapping[str, np.ndarra
 def teacher_table(cache_path: str | os.PathLike, masks: Mapping[str, np.ndarray],
                   threshold: float = 0.5) -> MetricTable:
     """Per-image metrics of the cached fused soft masks ``> threshold`` against the masks."""
-    import h5py
+    from medistill.teachers.cache import CacheReader
 
     table = MetricTable()
     path = Path(cache_path)
-    if not path.is_file():
-        raise MedistillError(f"the teacher cache {path} does not exist; build it with "
-                             "`python -m medistill teach` on the test images and their boxes")
-    with h5py.File(path, "r") as handle:
-        groups = handle.get("images")
-        if groups is None:
-            raise MedistillError(f"{path} is not a medistill teacher cache (no 'images' group)")
+    with CacheReader(path) as cache:
         for stem in sorted(masks):
-            group = groups.get(stem)
-            if group is None or not group.attrs.get("done", False):
-                raise MedistillError(f"{path} has no finished entry for test image {stem!r}; run "
-                                     "`python -m medistill teach` again on the test images to complete it")
-            soft = group["fused"][()]
+            soft = cache.entry(stem, features=False).fused
             truth = masks[stem]
             if soft.shape != truth.shape:
                 raise MedistillError(f"{path}: the teacher mask of {stem!r} is {soft.shape} but its ground "

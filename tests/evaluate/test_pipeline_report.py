@@ -17,6 +17,8 @@ from medistill.data import write_mask_png
 from medistill.errors import MedistillError
 from medistill.evaluate import pipeline_report as pr
 from medistill.evaluate.report import summarise, write_report
+from medistill.teachers.base import Teacher, TeacherOutput, mask_uncertainty
+from medistill.teachers.cache import build_cache
 
 SHAPE = (16, 16)
 
@@ -46,14 +48,35 @@ def detector_boxes() -> BoxesFile:
                      {"kind": "detector", "conf": 0.3})
 
 
+class FixedMasksTeacher(Teacher):
+    """Returns the given fused soft mask of each image (looked up by its pixel values)."""
+
+    name = "litemedsam"
+
+    def __init__(self, fused: dict[str, np.ndarray]) -> None:
+        self.fused = fused
+
+    def _predict(self, image, boxes):
+        stem = "abc"[int(image[0, 0, 0])]
+        masks = np.repeat(self.fused[stem][None].astype(np.float32), len(boxes), axis=0)
+        return TeacherOutput(masks, mask_uncertainty(masks), None, None, None, boxes)
+
+
 def write_cache(path, fused: dict[str, np.ndarray], done=True):
-    with h5py.File(path, "w") as handle:
-        handle.attrs["teacher"] = "litemedsam"
-        images = handle.create_group("images")
-        for stem, soft in fused.items():
-            group = images.create_group(stem)
-            group.create_dataset("fused", data=soft.astype(np.float32))
-            group.attrs["done"] = done
+    """A real teacher cache of images a, b, c (pixel value 0, 1, 2) whose fused masks are ``fused``."""
+    folder = path.parent / f"{path.stem}_images"
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for stem, soft in fused.items():
+        height, width = soft.shape
+        write_mask_png(folder / f"{stem}.png", np.full(soft.shape, "abc".index(stem), np.uint8))
+        entries.append(ImageBoxes(f"{stem}.png", stem, width, height, [Box(0, 0, width, height)]))
+    write_boxes(path.parent / f"{path.stem}_boxes.json", BoxesFile(["lesion"], entries, {"kind": "masks"}))
+    build_cache(FixedMasksTeacher(fused), folder, path.parent / f"{path.stem}_boxes.json", path, progress=False)
+    if not done:  # what a writer killed half-way through an image leaves
+        with h5py.File(path, "a") as handle:
+            for group in handle["images"].values():
+                group.attrs["done"] = False
     return path
 
 
@@ -102,10 +125,10 @@ def test_teacher_row_by_hand(tmp_path):
 
 def test_teacher_cache_problems_are_named(tmp_path):
     partial = write_cache(tmp_path / "partial.h5", {"a": teacher_soft_masks()["a"]})
-    with pytest.raises(MedistillError, match="no finished entry for test image 'b'"):
+    with pytest.raises(MedistillError, match="no entry for image 'b'"):
         pr.teacher_row("teacher", partial, MASKS)
     unfinished = write_cache(tmp_path / "unfinished.h5", teacher_soft_masks(), done=False)
-    with pytest.raises(MedistillError, match="no finished entry"):
+    with pytest.raises(MedistillError, match="unfinished"):
         pr.teacher_row("teacher", unfinished, MASKS)
     wrong = write_cache(tmp_path / "wrong.h5", {s: np.zeros((8, 8)) for s in MASKS})
     with pytest.raises(MedistillError, match="other images"):
