@@ -191,3 +191,32 @@ def test_a_one_image_set_warns_that_validation_is_off(phantoms, tmp_path, caplog
         logging.getLogger("medistill").propagate = False
     assert (len(train), len(val)) == (1, 0)
     assert "validation is off" in caplog.text and str(data) in caplog.text
+
+
+# --------------------------------------------------------------------------- --overwrite of every trainer
+
+
+def user_files(folder: Path) -> dict[str, bytes]:
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine")
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("command", ["train", "distill", "meddistill"])
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(phantoms, tmp_path, capsys, command):
+    folder = tmp_path / "mine"
+    before = user_files(folder)
+    args = {"train": ["train", "--data", str(phantoms), *TINY],
+            "distill": ["distill", "--recipe", "kamsd", "--data", str(phantoms), "--train-teacher", "unet",
+                        *TINY, "--teacher-options", '{"base_filters": 4, "depth": 2}'],
+            "meddistill": ["meddistill", "--image_dir", str(phantoms / "images"), "--boxes",
+                           str(tmp_path / "boxes.json"), *TINY, "--student", "unet"]}[command]
+    refused(in_process(capsys, *args, "--out", str(folder), "--overwrite"), str(folder), "not a medistill run")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_distill_with_bad_data_writes_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    refused(in_process(capsys, "distill", "--recipe", "kamsd", "--data", str(tmp_path / "nothing"), "--out", str(run),
+                       "--train-teacher", "unet", *TINY), str(tmp_path / "nothing"))
+    assert not run.exists()

@@ -49,7 +49,7 @@ from medistill.networks import model_summary
 from medistill.train.config import TrainConfig
 from medistill.train.data_setup import count_classes, training_samples
 from medistill.train.loop import LoopSettings, TrainingLoop
-from medistill.train.run_folder import prepare_run_folder, release_run_folder
+from medistill.train.run_folder import check_run_folder, prepare_run_folder, release_run_folder
 from medistill.train.supervised import preprocess_config, validation_fn
 
 log = logging.getLogger("medistill.distill")
@@ -63,6 +63,8 @@ def distill(config: DistillConfig) -> Path:
     recipe_cls.resolve_options(config.recipe_options)  # fail before any training
     teacher_path: str | Path | None = config.teacher_model
     if config.train_teacher:
+        check_run_folder(config.out, DistillConfig, config.overwrite)
+        _samples(config)  # bad data is refused before RUN is claimed (nothing written)
         if _chief_by_tf_config():
             prepare_run_folder(config, DistillConfig)  # claims (locks) RUN, or refuses it, first
         config = dataclasses.replace(config, overwrite=False)  # RUN/teacher must survive
@@ -83,10 +85,12 @@ def run_recipe(config: TrainConfig, config_cls: type, recipe_cls: type[Recipe],
     policy = set_precision(bool(getattr(config, "mixed_precision", False)))
     _new_collective_keys()
     try:
+        if _chief_by_tf_config():
+            check_run_folder(config.out, config_cls, config.overwrite)
+        train, val, num_classes = _samples(config)  # checked before anything is written
         with open_run(config, config_cls, cpu_replicas=config.cpu_replicas) as session:
             strategy = session.strategy
             barrier(strategy)  # a worker's teacher may be the one its chief has just written
-            train, val, num_classes = _samples(config)
             pre = preprocess_config(config)
             batch = session.global_batch(config.batch, len(train))
             steps = max(1, len(train) // batch)
