@@ -466,3 +466,20 @@ def test_a_lock_of_a_zombie_or_a_reused_pid_is_stale():
     me = os.getpid()
     assert holder_alive({"pid": me, "started": process_start(me)})
     assert not holder_alive({"pid": me, "started": process_start(me) + 1})  # the PID was reused
+
+
+def test_a_detector_run_folder_is_locked_too(tmp_path, live_pid):
+    from medistill.boxes.detector import DetectorTrainConfig, train_detector
+    from medistill.cli import main
+
+    assert main(["phantoms", "--out", str(tmp_path / "ph"), "--n", "4", "--size", "32", "--seed", "0"]) == 0
+    assert main(["yolodata", "--data", str(tmp_path / "ph"), "--out", str(tmp_path / "yolo"),
+                 "--split", "0.5", "0.5", "0"]) == 0
+    run = tmp_path / "det"
+    write_lock(run, live_pid)
+    (run / "args.yaml").write_text("epochs: 1\n")  # a run being written by that process
+    with pytest.raises(LockedError, match=f"PID {live_pid}") as info:
+        train_detector(DetectorTrainConfig(data=str(tmp_path / "yolo" / "data.yaml"), out=str(run),
+                                           overwrite=True))
+    assert "--overwrite" not in str(info.value)
+    assert (run / "args.yaml").is_file()  # --overwrite did not delete the live run

@@ -60,6 +60,7 @@ from tqdm.auto import tqdm
 from medistill.boxes.boxes_file import Box, BoxesFile, ImageBoxes
 from medistill.boxes.metrics import BoxMatch, match_boxes
 from medistill.boxes.offline import ultralytics_session
+from medistill.locking import LOCK_NAME, acquire_lock, check_lock, release_lock
 from medistill.boxes.yolo_dataset import read_yolo_labels, to_uint8
 from medistill.data import Sample, pair_folder, validate_samples
 from medistill.data.samples import load_sample_image
@@ -279,7 +280,19 @@ def train_detector(config: DetectorTrainConfig) -> DetectorRun:
     data = check_data_yaml(config.data)
     model_spec = check_model_spec(config.model)
     out = Path(config.out).resolve()
+    lock = out / LOCK_NAME
+    check_lock(lock, what=f"detector run folder {out}")  # before --overwrite deletes anything
     resume_from = _prepare_run_folder(out, config.overwrite)
+    acquire_lock(lock, what=f"detector run folder {out}")
+    try:
+        return _train(config, data, model_spec, out, resume_from)
+    finally:
+        release_lock(lock)
+
+
+def _train(config: DetectorTrainConfig, data: DataYaml, model_spec: str, out: Path,
+           resume_from: Path | None) -> DetectorRun:
+    """The body of :func:`train_detector`, with ``out`` prepared and locked."""
     train_images = data.images("train")
     mosaic = config.mosaic if config.mosaic is not None else (
         0.0 if train_images < MOSAIC_MIN_IMAGES else 1.0)
@@ -341,7 +354,7 @@ def _prepare_run_folder(out: Path, overwrite: bool) -> Path | None:
     """``last.pt`` to resume from, or None for a fresh run (the folder is then ready)."""
     if out.exists() and not out.is_dir():
         raise MedistillError(f"--out {out} is a file; choose a folder for the run")
-    if not out.is_dir() or not any(out.iterdir()):
+    if not out.is_dir() or not any(p.name != LOCK_NAME for p in out.iterdir()):
         return None
     looks_like_run = (out / "args.yaml").is_file() or (out / "weights").is_dir()
     if overwrite:
