@@ -220,3 +220,40 @@ def test_distill_with_bad_data_writes_nothing(tmp_path, capsys):
     refused(in_process(capsys, "distill", "--recipe", "kamsd", "--data", str(tmp_path / "nothing"), "--out", str(run),
                        "--train-teacher", "unet", *TINY), str(tmp_path / "nothing"))
     assert not run.exists()
+
+
+# --------------------------------------------------------------------------- already handled: the catalogue
+
+
+def snapshot(root: Path, skip: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if skip not in (p, *p.parents)}
+
+
+@pytest.mark.parametrize("case", ["missing-model", "threshold", "epochs", "batch", "teach-boxes",
+                                  "meddistill-boxes", "yolodata-images", "student-name", "val-fraction"])
+def test_already_handled_bad_input(phantoms, tmp_path, capsys, case):
+    out = tmp_path / "out"
+    images = str(phantoms / "images")
+    argv, named = {
+        "missing-model": (["evaluate", "--image_dir", images, "--model_path", str(tmp_path / "nope"),
+                           "--vis_dir", str(out)], [str(tmp_path / "nope")]),
+        "threshold": (["evaluate", "--image_dir", images, "--model_path", str(tmp_path / "nope"),
+                       "--threshold", "1.5", "--vis_dir", str(out)], ["--threshold"]),
+        "epochs": (["train", "--data", str(phantoms), "--out", str(out), "--epochs", "0"], ["--epochs"]),
+        "batch": (["train", "--data", str(phantoms), "--out", str(out), "--batch", "0"], ["--batch"]),
+        "teach-boxes": (["teach", "--image_dir", images, "--boxes", str(tmp_path / "b.json"), "--teacher",
+                         "grabcut", "--out", str(out / "c.h5")], [str(tmp_path / "b.json")]),
+        "meddistill-boxes": (["meddistill", "--image_dir", images, "--boxes", str(tmp_path / "b.json"),
+                              "--out", str(out), *TINY, "--student", "unet"], [str(tmp_path / "b.json")]),
+        "yolodata-images": (["yolodata", "--image_dir", str(tmp_path / "none"), "--mask_dir", str(tmp_path / "none"),
+                             "--out", str(out)], [str(tmp_path / "none")]),
+        "student-name": (["train", "--data", str(phantoms), "--out", str(out), "--student", "unet3"],
+                         ["unet3"]),
+        "val-fraction": (["train", "--data", str(phantoms), "--out", str(out), "--val-fraction", "1.5"],
+                         ["--val-fraction"]),
+    }[case]
+    before = snapshot(tmp_path, out)
+    refused(in_process(capsys, *argv), *named)
+    assert snapshot(tmp_path, out) == before  # nothing written outside --out
+    if case != "meddistill-boxes":  # MedDistill reads its boxes file after opening RUN (a failed start
+        assert not out.exists()     # there may be restarted with other settings)
