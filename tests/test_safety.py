@@ -483,3 +483,19 @@ def test_a_detector_run_folder_is_locked_too(tmp_path, live_pid):
                                            overwrite=True))
     assert "--overwrite" not in str(info.value)
     assert (run / "args.yaml").is_file()  # --overwrite did not delete the live run
+
+
+def test_a_run_from_before_the_marker_is_recognised_by_its_settings(tmp_path):
+    from medistill.distill.meddistill.config import MedDistillConfig
+    from medistill.train.run_folder import run_kind
+
+    run = tmp_path / "old"
+    run.mkdir()
+    saved = MedDistillConfig(image_dir="i", boxes="b.json", out=str(run)).to_dict()
+    saved.pop("seed")  # an older version with fewer settings
+    (run / CONFIG_NAME).write_text(json.dumps(saved))
+    assert run_kind(run) == "MedDistillConfig"
+    (run / CONFIG_NAME).write_text(json.dumps(TrainConfig(data="d", out=str(run)).to_dict()))
+    assert run_kind(run) == "TrainConfig"
+    (run / CONFIG_NAME).write_text(json.dumps({"data": "d", "something": 1}))
+    assert run_kind(run) is None

@@ -60,27 +60,31 @@ def run_kind(run_dir: Path) -> str | None:
             keys = set(json.loads(saved.read_text()))
         except (OSError, ValueError, TypeError):
             return None
-        for kind, fields in _known_fields().items():
-            if keys == fields:
-                return kind
+        # The config class that has every saved setting and all its required ones; of
+        # several (a TrainConfig's settings are a DistillConfig's too), the closest.
+        fits = [(len(fields - keys), kind) for kind, (fields, required) in _known_fields().items()
+                if keys <= fields and required <= keys]
+        return min(fits)[1] if fits else None
     return None
 
 
-def _known_fields() -> dict[str, set[str]]:
-    from dataclasses import fields
+def _known_fields() -> dict[str, tuple[set[str], set[str]]]:
+    """``{config class name: (its settings, the settings without a default)}``."""
+    from dataclasses import MISSING, fields
 
     from medistill.train.config import TrainConfig
 
-    known = {"TrainConfig": {f.name for f in fields(TrainConfig)}}
+    classes: list[type] = [TrainConfig]
     try:  # the distillation configs live above this package; import them only here
         from medistill.distill.config import DistillConfig
         from medistill.distill.meddistill.config import MedDistillConfig
 
-        known["DistillConfig"] = {f.name for f in fields(DistillConfig)}
-        known["MedDistillConfig"] = {f.name for f in fields(MedDistillConfig)}
+        classes += [DistillConfig, MedDistillConfig]
     except ImportError:  # pragma: no cover - a partial install
         pass
-    return known
+    return {cls.__name__: ({f.name for f in fields(cls)},
+                           {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING})
+            for cls in classes}
 
 
 def _own_entries(run_dir: Path) -> list[Path]:
