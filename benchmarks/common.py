@@ -304,3 +304,86 @@ def mean_std(summary: dict, digits: int) -> str:
         return f"– (n = {n})"
     spread = f" ± {std:.{digits}f}" if std is not None and std == std else ""
     return f"{mean:.{digits}f}{spread} (n = {n})"
+
+
+# ---------------------------------------------------------------------------
+# Rank correlation and progress (added for bench_label_free.py)
+# ---------------------------------------------------------------------------
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    """Ranks 1..n of ``values``, ties sharing their mean rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float | None, int]:
+    """Spearman rank correlation of paired values: ``(rho, p-value or None, n)``.
+
+    Pairs with a NaN or None are dropped. Uses ``scipy.stats.spearmanr`` when SciPy is
+    installed (then the p-value too), else the Pearson correlation of the tie-averaged
+    ranks. ``rho`` is NaN with fewer than 3 pairs or when one side is constant.
+
+    >>> spearman([1, 2, 3, 4], [10, 20, 30, 25])[0]
+    0.8
+    """
+    pairs = [(float(a), float(b)) for a, b in zip(x, y)
+             if a is not None and b is not None and a == a and b == b]
+    n = len(pairs)
+    if n < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
+        return float("nan"), None, n
+    xs, ys = [a for a, _ in pairs], [b for _, b in pairs]
+    try:
+        from scipy.stats import spearmanr
+    except ImportError:
+        rx, ry = _ranks(xs), _ranks(ys)
+        mx, my = sum(rx) / n, sum(ry) / n
+        cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+        var = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+        return round(cov / var, 6), None, n
+    result = spearmanr(xs, ys)
+    return round(float(result.statistic), 6), float(result.pvalue), n
+
+
+@dataclass
+class Progress:
+    """Progress over planned units of estimated cost, with an ETA scaled by the measured pace.
+
+    ``done(key, seconds)`` records a finished unit (its measured seconds, or 0 when it was
+    reused); :meth:`eta_seconds` scales the estimated cost of what is left by measured /
+    estimated seconds of the units that ran.
+    """
+
+    estimates: dict[str, float]
+    finished: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def done(self, key: str, seconds: float) -> None:
+        self.finished[key] = seconds
+
+    @property
+    def pace(self) -> float:
+        ran = [k for k, s in self.finished.items() if s > 0 and self.estimates.get(k, 0) > 0]
+        estimated = sum(self.estimates[k] for k in ran)
+        return sum(self.finished[k] for k in ran) / estimated if estimated > 0 else 1.0
+
+    def eta_seconds(self) -> float:
+        left = sum(s for k, s in self.estimates.items() if k not in self.finished)
+        return left * self.pace
+
+    def line(self) -> str:
+        """``[done/total] elapsed 3.2 min, ETA 41 min (at HH:MM), load 2.10``."""
+        eta = self.eta_seconds()
+        at = (_dt.datetime.now() + _dt.timedelta(seconds=eta)).strftime("%H:%M")
+        elapsed = (time.perf_counter() - self.started) / 60
+        return (f"[{len(self.finished)}/{len(self.estimates)}] elapsed {elapsed:.1f} min, "
+                f"ETA {eta / 60:.0f} min (at {at}), load {load_average():.2f}")
