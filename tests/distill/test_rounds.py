@@ -290,7 +290,7 @@ def test_changed_settings_and_bad_options_are_refused(squares, fakes):
         rounds.run_rounds(make_config(squares, out, rounds=2))
     # a single run is refused where rounds are, and rounds where a single run is
     before = sorted(p.name for p in out.iterdir())
-    with pytest.raises(MedistillError, match="MedDistillRounds"):
+    with pytest.raises(MedistillError, match="holds a run of"):
         real_train_meddistill(make_config(squares, out, rounds=1))
     assert sorted(p.name for p in out.iterdir()) == before
     single = squares["root"] / "single"
