@@ -298,6 +298,9 @@ def test_changed_settings_and_bad_options_are_refused(squares, fakes):
     (single / ".medistill-run.json").write_text(json.dumps({"medistill": "run", "kind": "MedDistillConfig"}))
     with pytest.raises(MedistillError, match="holds a run of meddistill.py"):
         rounds.run_rounds(make_config(squares, single))
+    with pytest.raises(MedistillError, match="not in --image_dir"):
+        rounds.run_rounds(make_config(squares, squares["root"] / "e", image_dir=str(squares["root"])))
+    assert not (squares["root"] / "e").exists()
     (squares["root"] / "d").mkdir()
     (squares["root"] / "d" / "notes.txt").write_text("mine")
     with pytest.raises(MedistillError, match="not empty"):

@@ -621,6 +621,11 @@ def run_rounds(config: MedDistillConfig, *, rule: PromptRule | None = None, stop
     rule, stop = rule or PromptRule(), stop or StopRule()
     _check(config)
     detector = read_boxes(config.boxes)
+    missing = sorted({e.file for e in detector.images if not (Path(config.image_dir) / e.file).is_file()})
+    if missing:  # checked before OUT is touched: a failed start writes nothing
+        raise MedistillError(f"{config.boxes}: {len(missing)} image(s) it lists are not in --image_dir "
+                             f"{config.image_dir} (e.g. {', '.join(missing[:3])}); pass the --image_dir the boxes "
+                             "were made from")
     _, val_entries = md.split_entries(detector, config.image_dir, config.val_fraction, config.seed)
     if not val_entries:
         raise MedistillError(f"{config.boxes}: --val-fraction {config.val_fraction} holds out no image; --rounds "
