@@ -61,7 +61,7 @@ as masks); every seed ≥ 0.8 × teacher Dice; ≥ 85 % of the supervised Dice o
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
+import contextlib
 import gc
 import json
 import logging
@@ -69,7 +69,6 @@ import math
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import traceback
@@ -84,9 +83,10 @@ from common import (Progress, argument_parser, copy_pairs, exported_stems, load_
                     slice_index, spearman)
 
 SECTION_KEY = "label_free"
-SECTION_TITLE = "Label-free students (issue 11): ablation over 3 seeds, label-free selection, students' speed"
+SECTION_TITLE = "Label-free students (issue 11): ablation over seeds, label-free model selection, students' speed"
 TEACHER = "litemedsam"
-ALL_DATASETS = ("phantoms", "nuclei", "colin27", "mni152")
+DEFAULT_DATASETS = ("phantoms", "nuclei", "colin27", "mni152")
+ALL_DATASETS = (*DEFAULT_DATASETS, "cells3d")  # cells3d stands in for a default set whose files are missing
 
 
 # ---------------------------------------------------------------------------
@@ -126,6 +126,10 @@ class Row:
     label: str
     overrides: dict = field(default_factory=dict)
     kind: str = "meddistill"  # "meddistill", "rounds" or "supervised"
+    ablation: bool = False    # limited to the first --ablation-seeds seeds
+
+    def seeds(self, seeds: Sequence[int], ablation_seeds: int | None) -> list[int]:
+        return list(seeds[:ablation_seeds]) if self.ablation and ablation_seeds else list(seeds)
 
 
 RELEASED = {"weighting": "ulwr", "terms": ["bce", "prob", "feat"], "confidence": False, "negatives": "all",
@@ -146,24 +150,24 @@ def trained_rows() -> tuple[list[Row], list[str]]:
     for term in ("dice", "proj", "outside"):
         if term in DEFAULT_TERMS:
             rows.append(Row(f"no_{term}", f"default without {term}",
-                            {"terms": [t for t in DEFAULT_TERMS if t != term]}))
+                            {"terms": [t for t in DEFAULT_TERMS if t != term]}, ablation=True))
         else:
             notes.append(f"'no {term}' not run: {term} is not a default term ({', '.join(DEFAULT_TERMS)})")
     if defaults["confidence"]:
-        rows.append(Row("no_confidence", "default without confidence weights", {"confidence": False}))
+        rows.append(Row("no_confidence", "default without confidence weights", {"confidence": False}, ablation=True))
     else:
         notes.append("'no confidence' not run: confidence weights are off by default")
     if defaults["negatives"] != "all":
-        rows.append(Row("negatives_all", "default with negatives \"all\"", {"negatives": "all"}))
+        rows.append(Row("negatives_all", "default with negatives \"all\"", {"negatives": "all"}, ablation=True))
     else:
         notes.append("'negatives all' not run: it is the default")
     if defaults["quality_control"]:
-        rows.append(Row("no_qc", "default without quality control", {"quality_control": False}))
+        rows.append(Row("no_qc", "default without quality control", {"quality_control": False}, ablation=True))
     else:
         notes.append("'no quality control' not run: quality control is off by default")
     try:
         from medistill.distill.meddistill.rounds import run_rounds  # noqa: F401
-        rows.append(Row("rounds2", "default with `rounds=2` (refinement rounds)", {"rounds": 2}, "rounds"))
+        rows.append(Row("rounds2", "default with `rounds=2` (refinement rounds)", {"rounds": 2}, "rounds", ablation=True))
     except ImportError:
         notes.append("`rounds=2` not run: medistill.distill.meddistill.rounds.run_rounds does not exist")
     rows.append(Row("supervised", "supervised bound (masks of the distillation images)", kind="supervised"))
@@ -222,6 +226,15 @@ def evenly(items: list[str], n: int) -> list[str]:
     return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)] if n > 1 else items[:1]
 
 
+@contextlib.contextmanager
+def quiet_stderr(log_file: Path):
+    """Python's stderr (the runs' progress bars) into ``log_file`` while a run trains; the
+    console keeps this script's lines and medistill's warnings (their handler holds the real stream)."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a", encoding="utf-8") as stream, contextlib.redirect_stderr(stream):
+        yield
+
+
 def quiet_tensorflow() -> None:
     """Console: warnings of medistill only (each run keeps its own full log in its folder)."""
     logging.getLogger("medistill").setLevel(logging.WARNING)
@@ -266,15 +279,23 @@ def prepare_nuclei(root: Path, plan: Plan) -> str:
             f"{len(test)} tiles of the bottom {test_rows} row(s), distillation {len(distill)} of the rows above")
 
 
-def _volume_split(root: Path, export: Path, plan: Plan) -> tuple[list[str], list[str]]:
+def _volume_split(root: Path, export: Path, plan: Plan, gap: int | None = None) -> tuple[list[str], list[str]]:
     stems = sorted(exported_stems(export), key=slice_index)
     first = len(stems) // 2 - plan.test // 2
     test = stems[first:first + plan.test]
-    low, high = slice_index(test[0]) - plan.volume_gap, slice_index(test[-1]) + plan.volume_gap
+    gap = plan.volume_gap if gap is None else gap
+    low, high = slice_index(test[0]) - gap, slice_index(test[-1]) + gap
     distill = evenly([s for s in stems if not low <= slice_index(s) <= high], plan.distill)
     copy_pairs(export, distill, root / "distill")
     copy_pairs(export, test, root / "test")
     return distill, test
+
+
+def prepare_cells3d(root: Path, plan: Plan) -> str:
+    distill, test = _volume_split(root, _export("cells3d", root / "export"), plan, gap=2)
+    return (f"scikit-image cells3d nuclei channel (256×256 z-slices), nuclei masks; test {len(test)} contiguous "
+            f"slices z{slice_index(test[0])}–z{slice_index(test[-1])}, distillation {len(distill)} spread over "
+            "the others (none within 2 of the test block)")
 
 
 def prepare_colin27(root: Path, plan: Plan) -> str:
@@ -314,7 +335,7 @@ def prepare_mni152(root: Path, plan: Plan, target: str = "white") -> str:
             f"distillation {len(distill)} spread over the others (none within {plan.volume_gap} of the test block)")
 
 
-MIN_AREA = {"phantoms": 1, "nuclei": 4, "colin27": 50, "mni152": 20}
+MIN_AREA = {"phantoms": 1, "nuclei": 4, "colin27": 50, "mni152": 20, "cells3d": 4}
 
 
 def prepare_dataset(name: str, root: Path, plan: Plan, args: argparse.Namespace) -> dict:
@@ -328,6 +349,7 @@ def prepare_dataset(name: str, root: Path, plan: Plan, args: argparse.Namespace)
         if (root / sub).exists():
             shutil.rmtree(root / sub)
     builders = {"phantoms": prepare_phantoms, "nuclei": prepare_nuclei, "colin27": prepare_colin27,
+                "cells3d": prepare_cells3d,
                 "mni152": lambda r, p: prepare_mni152(r, p, args.mni152_target)}
     description = builders[name](root, plan)
     from medistill.boxes.boxes_file import write_boxes
@@ -390,16 +412,22 @@ def cache_done(path: Path, boxes_path: Path) -> bool:
         return False
 
 
-def build_teacher_cache(root: Path, kind: str, split: str, resume: bool) -> tuple[Path, float]:
-    """The LiteMedSAM cache of one boxes file (resumed, or reused when complete); wall seconds."""
+def build_teacher_cache(root: Path, kind: str, split: str, resume: bool) -> tuple[Path, float, float]:
+    """The LiteMedSAM cache of one boxes file (resumed, or reused when complete): its path, the wall
+    seconds spent now and the seconds it took to build (recorded in ``caches/seconds.json``)."""
     from medistill.teachers.cache import build_cache
 
     path, boxes_path = root / "caches" / f"{split}_{kind}.h5", root / "boxes" / f"{split}_{kind}.json"
+    record_path = root / "caches" / "seconds.json"
+    record = read_json(record_path)
     if resume and cache_done(path, boxes_path):
-        return path, 0.0
+        return path, 0.0, record.get(path.name, float("nan"))
     start = time.perf_counter()
-    build_cache(teacher(), root / split / "images", boxes_path, path, overwrite=not resume, progress=False)
-    return path, time.perf_counter() - start
+    with quiet_stderr(root / "caches" / "build_stderr.log"):
+        build_cache(teacher(), root / split / "images", boxes_path, path, overwrite=not resume, progress=False)
+    seconds = time.perf_counter() - start
+    write_json(record_path, {**read_json(record_path), path.name: round(seconds, 1)})
+    return path, seconds, seconds
 
 
 def test_samples(root: Path):
@@ -524,7 +552,9 @@ def do_run(root: Path, kind: str, row: Row, plan: Plan, seed: int, out: Path, te
     if not resume and out.exists():
         shutil.rmtree(out)
     load_before = load_average()
-    train_row(root, kind, row, plan, seed, out, resume, student)
+    out.mkdir(parents=True, exist_ok=True)
+    with quiet_stderr(out / "bench_stderr.log"):
+        train_row(root, kind, row, plan, seed, out, resume, student)
     seconds = time.perf_counter() - start
     record = run_record(out, row, evaluate_run(out, tests), seconds)
     record.update(seed=seed, load=f"{load_before:.2f} → {load_average():.2f}")
@@ -718,7 +748,7 @@ def students_table(students: dict) -> str:
 
 
 def planned_table(plan_lines: list[list]) -> str:
-    return markdown_table(["set", "boxes kinds", "trained rows × seeds", "runs"], plan_lines)
+    return markdown_table(["set", "boxes kinds", "trained rows × seeds", "training runs"], plan_lines)
 
 
 # ---------------------------------------------------------------------------
@@ -735,6 +765,25 @@ def estimate_run(plan: Plan, row: Row, distill: int) -> float:
     return base * (0.7 if row.kind == "supervised" else 1.0)
 
 
+def installed(datasets: Sequence[str], substitute: bool) -> tuple[list[str], list[str]]:
+    """The data sets whose files are installed, and notes on those that are not (with ``substitute``,
+    cells3d takes the place of the first missing one)."""
+    from medistill.data.sources import SOURCES
+
+    kept, notes = [], []
+    for name in datasets:
+        if name in SOURCES and not SOURCES[name].available():
+            notes.append(f"{name} skipped: its files are not installed ({SOURCES[name].install})")
+        else:
+            kept.append(name)
+    if substitute and notes and "cells3d" not in kept and SOURCES["cells3d"].available():
+        kept.append("cells3d")
+        notes.append("cells3d runs in its place")
+    for note in notes:
+        print(f"note: {note}", flush=True)
+    return kept, notes
+
+
 def parse_detector(values: Sequence[str]) -> dict[str, Path]:
     found = {}
     for value in values or ():
@@ -748,9 +797,14 @@ def parse_detector(values: Sequence[str]) -> dict[str, Path]:
 def main() -> None:
     parser = argument_parser(__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", choices=ALL_DATASETS, default=None,
-                        help=f"data sets (default: {' '.join(ALL_DATASETS)}; with --quick: phantoms)")
+                        help=f"data sets (default: {' '.join(DEFAULT_DATASETS)}, cells3d in place of a real one "
+                             "whose files are not installed; with --quick: phantoms)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds of every trained row "
                         "(default 0 1 2; with --quick: 0)")
+    parser.add_argument("--ablation-seeds", type=int, default=None, metavar="N",
+                        help="the ablation rows (each new part off) and rounds=2 use only the first N seeds "
+                             "(default: all; the released, default and supervised rows always use all)")
+    parser.add_argument("--dry-run", action="store_true", help="print the planned runs and the estimate, then stop")
     parser.add_argument("--rows", nargs="+", default=None,
                         help="only these trained rows (keys: released default no_dice no_proj no_outside "
                              "no_confidence negatives_all no_qc rounds2 supervised; default: all)")
@@ -777,8 +831,10 @@ def main() -> None:
     plan = QUICK if args.quick else FULL
     if args.epochs:
         plan = replace(plan, epochs=args.epochs)
-    datasets = args.datasets or (["phantoms"] if args.quick else list(ALL_DATASETS))
+    datasets = args.datasets or (["phantoms"] if args.quick else list(DEFAULT_DATASETS))
+    datasets, missing = installed(datasets, substitute=args.datasets is None)
     datasets = [d for d in ALL_DATASETS if d in datasets]
+    args.missing_sets = missing
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     detectors = parse_detector(args.detector_boxes)
     with tempfile.TemporaryDirectory(prefix="medistill-bench-label-free-") as scratch:
@@ -810,9 +866,11 @@ def run_benchmark(args: argparse.Namespace, work: Path, plan: Plan, datasets: li
         for kind in kinds:
             estimates[f"{name}/{kind}/caches"] = 2.0 * (plan.distill + plan.test)
             for row in rows:
-                for seed in seeds:
+                for seed in row.seeds(seeds, args.ablation_seeds):
                     estimates[f"{name}/{kind}/{row.key}_s{seed}"] = estimate_run(plan, row, plan.distill)
-        plan_lines.append([name, ", ".join(kinds), f"{len(rows)} × {len(seeds)}", len(kinds) * len(rows) * len(seeds)])
+        count = sum(len(row.seeds(seeds, args.ablation_seeds)) for row in rows)
+        plan_lines.append([name, ", ".join(kinds), ", ".join(f"{row.key} × {len(row.seeds(seeds, args.ablation_seeds))}"
+                                                            for row in rows), len(kinds) * count])
     if students_set != "none":
         for key, student, _ in STUDENTS[1:]:
             factor = {"unet32": 2.0, "lcovnet": 1.5, "unetpp": 3.0}.get(key, 1.0)
@@ -826,10 +884,13 @@ def run_benchmark(args: argparse.Namespace, work: Path, plan: Plan, datasets: li
           flush=True)
     for note in row_notes:
         print(f"note: {note}", flush=True)
+    if args.dry_run:
+        print(planned_table(plan_lines))
+        return
 
     results: dict = {"settings": {"plan": plan.__dict__, "datasets": datasets, "seeds": seeds,
                                   "rows": [r.__dict__ for r in rows], "row_notes": row_notes,
-                                  "students_set": students_set, "mni152_target": args.mni152_target,
+                                  "ablation_seeds": args.ablation_seeds, "students_set": students_set, "mni152_target": args.mni152_target,
                                   "detector_boxes": {k: str(v) for k, v in detectors.items()},
                                   "command": common.command_line(), "work": str(work)},
                      "sets": {}, "descriptions": {}, "students": {}, "load": {"start": load_average()}}
@@ -867,14 +928,14 @@ def run_benchmark(args: argparse.Namespace, work: Path, plan: Plan, datasets: li
             block = results["sets"][name][kind] = {"runs": {}, "failed": {}}
             t0 = time.perf_counter()
             caches = {split: build_teacher_cache(root, kind, split, args.resume) for split in ("distill", "test")}
-            block["cache_seconds"] = {split: round(s, 1) for split, (_, s) in caches.items()}
+            block["cache_seconds"] = {split: built for split, (_, _, built) in caches.items()}
             block["baselines"] = baselines(root, kind, caches["test"][0], tests)
             progress.done(f"{name}/{kind}/caches", time.perf_counter() - t0 if any(
-                s for _, s in caches.values()) else 0.0)
+                now for _, now, _ in caches.values()) else 0.0)
             print(f"{name} {kind}: boxes as masks Dice {fmt(block['baselines']['boxes']['dice'])}, teacher Dice "
                   f"{fmt(block['baselines']['teacher']['dice'])}  {progress.line()}", flush=True)
             for row in rows:
-                for seed in seeds:
+                for seed in row.seeds(seeds, args.ablation_seeds):
                     key = f"{row.key}_s{seed}"
                     out = root / "runs" / kind / key
                     try:
@@ -978,6 +1039,12 @@ def section_notes(results: dict, rows: list[Row], seeds: Sequence[int], plan: Pl
         "image, averaged per run; Dice 1 where both masks are empty, HD95 only where both are non-empty. "
         "\"collapsed\": how many seeds' runs the trainer's collapse check flagged (kept, not rerun).",
     ]
+    if args.ablation_seeds and args.ablation_seeds < len(seeds):
+        lines += ["", f"`--ablation-seeds {args.ablation_seeds}`: the ablation rows and `rounds=2` ran with the first "
+                  f"{args.ablation_seeds} seed(s) only (their ± is over those); the released, default and "
+                  "supervised rows with every seed."]
+    if getattr(args, "missing_sets", None):
+        lines += ["", "Data sets: " + "; ".join(args.missing_sets) + "."]
     if results["settings"].get("row_notes"):
         lines += ["", "Rows not run: " + "; ".join(results["settings"]["row_notes"]) + "."]
     if not results["settings"].get("detector_boxes"):
