@@ -24,7 +24,8 @@ Layout of ``OUT``::
 **Resuming.** Each step is kept on disk as it finishes: the boxes file (atomic), the teacher
 cache (per image), the run (per epoch, by the trainer), the held-out masks and the next
 round's boxes, then ``round.json``. Rerunning the same command skips finished rounds
-(those with ``round.json``) and resumes the unfinished one where it stopped. Raising
+(those with ``round.json``) and resumes the unfinished one where it stopped (a kill during
+the student's pass over the images repeats that pass, inference only). Raising
 ``--rounds`` later continues after the last round unless the stopping rule had ended them.
 
 **Negatives.** The next round's boxes file lists in ``source["confirmed_negatives"]`` the
