@@ -499,3 +499,20 @@ def test_a_run_from_before_the_marker_is_recognised_by_its_settings(tmp_path):
     assert run_kind(run) == "TrainConfig"
     (run / CONFIG_NAME).write_text(json.dumps({"data": "d", "something": 1}))
     assert run_kind(run) is None
+
+
+def test_a_detector_run_stopped_before_its_first_epoch_starts_again(tmp_path):
+    from medistill.boxes.detector import _prepare_run_folder
+
+    run = tmp_path / "det"
+    (run / "weights").mkdir(parents=True)
+    (run / "args.yaml").write_text("epochs: 3\n")  # what ultralytics writes as it starts
+    assert _prepare_run_folder(run, overwrite=False) is None
+    assert not run.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "args.yaml").write_text("my own")
+    (mine / "paper.tex").write_text("keep")
+    with pytest.raises(MedistillError, match="no run to resume"):
+        _prepare_run_folder(mine, overwrite=False)
+    assert (mine / "paper.tex").is_file() and (mine / "args.yaml").is_file()

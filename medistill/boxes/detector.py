@@ -369,8 +369,23 @@ def _prepare_run_folder(out: Path, overwrite: bool) -> Path | None:
     last = out / "weights" / "last.pt"
     if last.is_file():
         return last
+    if _stopped_before_first_epoch(out):
+        log.info("%s holds a detector run stopped before its first epoch: starting it again", out)
+        shutil.rmtree(out)
+        return None
     raise MedistillError(f"--out {out} is not empty and holds no run to resume; pass "
                          "--overwrite to replace it, or choose another --out")
+
+
+def _stopped_before_first_epoch(out: Path) -> bool:
+    """Whether ``out`` holds only what ultralytics writes as a run starts (``args.yaml``, an
+    empty ``weights/``): a run stopped before its first epoch, with nothing trained."""
+    if not (out / "args.yaml").is_file():
+        return False
+    names = {p.name for p in out.iterdir()} - {LOCK_NAME}
+    weights = out / "weights"
+    empty_weights = not weights.exists() or (weights.is_dir() and not any(weights.iterdir()))
+    return names <= {"args.yaml", "weights"} and empty_weights
 
 
 def _versions() -> dict[str, str]:
