@@ -16,6 +16,22 @@ import tensorflow as tf
 from medistill.errors import MedistillError
 
 
+def chief_by_tf_config() -> bool:
+    """Whether this process is the chief, read from ``TF_CONFIG`` (before any strategy exists)."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return True
+    try:
+        spec = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise MedistillError(f"TF_CONFIG is not valid JSON: {error}") from error
+    task = spec.get("task", {})
+    kind, index = task.get("type"), int(task.get("index", 0))
+    if kind == "chief":
+        return True
+    return kind in (None, "worker") and index == 0 and "chief" not in spec.get("cluster", {})
+
+
 def configure_cpu_replicas(replicas: int) -> None:
     """Split the CPU into ``replicas`` logical devices (call before any TF op runs)."""
     if replicas <= 1:

@@ -26,9 +26,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +40,7 @@ from medistill.distill.recipes import get_recipe
 from medistill.distill.recipes.base import Recipe, RecipeContext
 from medistill.distill.session import finish_run, open_run
 from medistill.distill.teacher import check_teacher, load_teacher, train_teacher_in_child
-from medistill.distribute import barrier
+from medistill.distribute import barrier, chief_by_tf_config
 from medistill.errors import MedistillError
 from medistill.export import ModelCard
 from medistill.networks import model_summary
@@ -179,16 +177,5 @@ def _new_collective_keys() -> None:
 
 
 def _chief_by_tf_config() -> bool:
-    """Whether this process is the chief, read from ``TF_CONFIG`` (before any strategy exists)."""
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        return True
-    try:
-        spec = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise MedistillError(f"TF_CONFIG is not valid JSON: {error}") from error
-    task = spec.get("task", {})
-    kind, index = task.get("type"), int(task.get("index", 0))
-    if kind == "chief":
-        return True
-    return kind in (None, "worker") and index == 0 and "chief" not in spec.get("cluster", {})
+    """Whether this process is the chief (:func:`medistill.distribute.chief_by_tf_config`)."""
+    return chief_by_tf_config()

@@ -20,6 +20,7 @@ import keras
 import tensorflow as tf
 
 from medistill.data import AugmentConfig, PreprocessConfig, epoch_datasets, make_dataset
+from medistill.distribute import chief_by_tf_config
 from medistill.export import ModelCard
 from medistill.losses import hard_dice_per_example, predicted_labels, segmentation_loss
 from medistill.networks import build_student, model_summary
@@ -73,7 +74,8 @@ def train_supervised(config: TrainConfig) -> Path:
     from medistill.distill.session import finish_run, open_run
 
     # Every input is checked before the run folder is touched: a failed start writes nothing.
-    check_run_folder(config.out, TrainConfig, config.overwrite)
+    if chief_by_tf_config():  # the chief alone writes (and locks) the run folder
+        check_run_folder(config.out, TrainConfig, config.overwrite)
     train, val = training_samples(config.data, mask_suffix=config.mask_suffix, mask_mode=config.mask_mode,
                                   val_fraction=config.val_fraction, seed=config.seed,
                                   skip_bad=config.skip_bad)
