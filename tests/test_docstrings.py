@@ -17,6 +17,7 @@ MODULES = [
     "medistill.distill.config",
     "medistill.distill.meddistill.config",
     "medistill.distill.meddistill.data",
+    "medistill.distill.meddistill.prompts",
     "medistill.distill.meddistill.trainer",
     "medistill.distill.meddistill.trust",
     "medistill.distill.projection",

@@ -181,6 +181,9 @@ def run(args: argparse.Namespace) -> int:
     if config.rounds > 1:
         from medistill.distill.meddistill.rounds import run_rounds
 
+        if args.resume and not (Path(config.out) / "rounds").is_dir():
+            raise MedistillError(f"--resume: {config.out} holds no refinement rounds to resume; "
+                                 "run without --resume to start them")
         run_dir = run_rounds(config)
     else:
         run_dir = train_meddistill(config, require_resume=args.resume)
