@@ -35,6 +35,7 @@ import numpy as np
 log = logging.getLogger("medistill.distill")
 
 UNCONFIRMED_NEGATIVE = 0.5
+LOW_TRUST = 0.2  # below this mean weight the run warns that little is left to learn from
 
 
 def negative_weights(n_boxes: np.ndarray, stems: Sequence[str], rule: str,
@@ -70,6 +71,11 @@ def assign_trust(data: Any, rule: str, source: dict[str, Any],
              "%d left out; %d image(s) with boxes", rule, counts["trusted_negatives"],
              counts["down_weighted_negatives"], UNCONFIRMED_NEGATIVE, counts["left_out_negatives"],
              counts["with_boxes"])
+    if len(weights) and weights.mean() < LOW_TRUST:
+        log.warning("the training images' mean trust is %.2f: quality control and the negatives rule leave the "
+                    "student almost nothing to learn from. Look at quality_sheet.png (is the teacher failing on "
+                    "these images or boxes?), or rerun with --no-quality-control / --negatives all",
+                    float(weights.mean()))
     return {"negatives_rule": rule, **counts, "mean_weight": round(float(weights.mean()), 4) if len(weights) else None}
 
 
