@@ -58,6 +58,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from medistill.boxes.boxes_file import check_image_paths, image_path, read_boxes
 from medistill.errors import MedistillError
 from medistill.fileio import file_sha256
 from medistill.teachers.base import Teacher, TeacherOutput
@@ -220,7 +221,7 @@ def _read_image(image_dir: Path, entry) -> tuple[np.ndarray, str]:
     """The image of a boxes-file entry and its content hash."""
     from medistill.data.io import read_image, read_volume, volume_slice
 
-    path = image_dir / entry.file
+    path = image_path(image_dir, entry)  # symbolic links resolved, inside image_dir
     if not path.exists():
         raise MedistillError(f"{path}: image of the boxes file entry {entry.stem!r} not found in "
                              f"{image_dir}; pass the --image_dir the boxes were made from")
@@ -238,7 +239,7 @@ def _read_image(image_dir: Path, entry) -> tuple[np.ndarray, str]:
 
 def _image_hash(image_dir: Path, entry) -> str:
     if entry.slice_index is None:
-        path = image_dir / entry.file
+        path = image_path(image_dir, entry)
         if not path.exists():
             raise MedistillError(f"{path}: image of the boxes file entry {entry.stem!r} not found in "
                                  f"{image_dir}; pass the --image_dir the cache was made from")
@@ -361,11 +362,10 @@ def build_cache(teacher: Teacher, image_dir: str | os.PathLike, boxes_path: str 
     """
     from tqdm.auto import tqdm
 
-    from medistill.boxes.boxes_file import read_boxes
-
     image_dir, out_path = Path(image_dir), Path(out_path)
     quality = quality or QualitySettings()
     boxes = read_boxes(boxes_path)
+    check_image_paths(boxes, image_dir)  # before anything is written
     wanted = provenance(teacher, boxes_path, boxes.class_names, quality)
     written, start = 0, time.perf_counter()
     with cache_lock(out_path):

@@ -37,6 +37,7 @@ COMMANDS = {
     "TrainConfig": "medistill train",
     "DistillConfig": "medistill distill",
     "MedDistillConfig": "meddistill.py (medistill meddistill)",
+    "MedDistillRounds": "meddistill.py --rounds (medistill meddistill --rounds)",
 }
 
 

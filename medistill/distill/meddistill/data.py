@@ -46,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from medistill.boxes.boxes_file import BoxesFile, ImageBoxes
+from medistill.boxes.boxes_file import BoxesFile, ImageBoxes, image_path
 from medistill.data.preprocess import Geometry, PreprocessConfig, preprocess_image
 from medistill.data.samples import Sample, load_sample_image
 from medistill.distill.colearn import pad_boxes
@@ -167,7 +167,7 @@ def cache_feature_info(cache_path: str | Path, stems: Sequence[str]) -> FeatureI
 
 def entry_sample(entry: ImageBoxes, image_dir: str | Path) -> Sample:
     """The data-layer sample of a boxes-file entry (a file, or a slice of a volume)."""
-    return Sample(entry.stem, Path(image_dir) / entry.file, None, entry.slice_index)
+    return Sample(entry.stem, image_path(image_dir, entry), None, entry.slice_index)
 
 
 def read_entry_image(entry: ImageBoxes, image_dir: str | Path) -> np.ndarray:

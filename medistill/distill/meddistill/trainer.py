@@ -77,7 +77,7 @@ from medistill.distill.precision import set_precision, wrap_optimizer
 from medistill.distill.projection import FeatureProjection
 from medistill.distill.session import RunSession, finish_run, open_run
 from medistill.distill.weighting import build_weighting
-from medistill.distribute import barrier
+from medistill.distribute import barrier, chief_by_tf_config
 from medistill.errors import MedistillError
 from medistill.export import ModelCard
 from medistill.networks import build_student, feature_model, feature_names, model_summary
@@ -145,6 +145,16 @@ class RefreshedTargets(tf.Module):
 
 
 # --------------------------------------------------------------------------- setting up
+
+
+def check_inputs(config: MedDistillConfig) -> None:
+    """Refuse, before ``RUN`` is touched, an ``--out`` this run may not use or images outside ``--image_dir``."""
+    from medistill.boxes.boxes_file import check_image_paths, read_boxes
+    from medistill.train.run_folder import check_run_folder
+
+    if chief_by_tf_config():
+        check_run_folder(config.out, MedDistillConfig, config.overwrite)
+    check_image_paths(read_boxes(config.boxes), config.image_dir)
 
 
 def require_resumable(config: MedDistillConfig) -> None:
@@ -266,6 +276,7 @@ def train_meddistill(config: MedDistillConfig, *, require_resume: bool = False) 
     """Distil, resume when ``config.out`` holds a compatible run, export; return the run folder."""
     if require_resume:
         require_resumable(config)
+    check_inputs(config)
     previous_policy = keras.mixed_precision.global_policy().name
     with open_run(config, MedDistillConfig, cpu_replicas=config.cpu_replicas) as session:
         try:
