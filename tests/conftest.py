@@ -40,7 +40,7 @@ def run_workers(tmp_path):
     """Run ``python -m medistill *argv`` as a localhost multi-worker cluster.
 
     Each worker gets a ``TF_CONFIG`` naming all of them and writes its final weights to
-    ``tmp_path/worker_weights`` (see ``medistill.distill.session``); all must exit 0.
+    ``tmp_path/worker_weights`` (see ``medistill.train.session``); all must exit 0.
     """
     weights_dir = tmp_path / "worker_weights"
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from medistill import __version__
+from medistill.console import setup_logging
 from medistill.errors import MedistillError
 
 COMMANDS = {
@@ -39,17 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=summary, description=summary)
         importlib.import_module(module).add_arguments(command)
     return parser
-
-
-def setup_logging(verbose: bool = False) -> None:
-    logger = logging.getLogger("medistill")
-    if not any(getattr(h, "_medistill_console", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-        handler._medistill_console = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-    logger.propagate = False  # libraries that configure the root logger would print twice
 
 
 def run_command(module: str, args: argparse.Namespace) -> int:

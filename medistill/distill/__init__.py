@@ -1,7 +1,8 @@
 """Distillation: the shared core every recipe runs on, and the recipes themselves.
 
-* :mod:`medistill.distill.session` — one run: strategy, run folder, logs, export;
-* :mod:`medistill.distill.precision` — optional mixed precision and loss scaling;
+* the run itself (strategy, run folder, logs, export, mixed precision) is
+  :mod:`medistill.train.session` and :mod:`medistill.train.precision`, shared with the
+  supervised trainer;
 * :mod:`medistill.distill.weighting`, :mod:`~medistill.distill.projection`,
   :mod:`~medistill.distill.colearn` — MedDistill's loss weighting (ULWR, learned,
   fixed), the learned 1×1 projection of a student feature to the teacher's channels,

@@ -22,8 +22,10 @@ from typing import Any
 
 from medistill.errors import MedistillError
 from medistill.train.config import TrainConfig, check_settings, student_checks
+from medistill.train.run_folder import register_run_config
 
 
+@register_run_config
 @dataclass
 class DistillConfig(TrainConfig):
     """Everything needed to rerun ``medistill distill``.

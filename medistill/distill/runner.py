@@ -2,12 +2,12 @@
 
 Order: (1) when ``--train-teacher`` is given, the run folder is claimed and the teacher
 is trained (or reused) in ``RUN/teacher/`` by a child process with its own strategy; (2) the run opens
-(:func:`medistill.distill.session.open_run`: strategy, ``config.json``, log); (3) data
+(:func:`medistill.train.session.open_run`: strategy, ``config.json``, log); (3) data
 as the supervised trainer reads it; (4) inside the strategy's scope the teacher is
 loaded and frozen and the recipe builds its networks and optimiser; (5)
 :class:`~medistill.train.loop.TrainingLoop` trains, validating the student's Dice, and
 checkpoints every epoch (the same command resumes after a kill); (6)
-:func:`~medistill.distill.session.finish_run` exports the student like the supervised
+:func:`~medistill.train.session.finish_run` exports the student like the supervised
 trainer does.
 
 The teacher is trained in a child process because TensorFlow does not support two
@@ -35,10 +35,10 @@ import tensorflow as tf
 
 from medistill.data import AugmentConfig, make_dataset
 from medistill.distill.config import DistillConfig
-from medistill.distill.precision import FULL, set_precision
+from medistill.train.precision import FULL, set_precision
 from medistill.distill.recipes import get_recipe
 from medistill.distill.recipes.base import Recipe, RecipeContext
-from medistill.distill.session import finish_run, open_run
+from medistill.train.session import finish_run, open_run
 from medistill.distill.teacher import check_teacher, load_teacher, train_teacher_in_child
 from medistill.distribute import barrier, chief_by_tf_config
 from medistill.errors import MedistillError

@@ -4,7 +4,8 @@
   folder, or a ``.keras`` file) and freezes it: ``trainable=False``, so none of its variables is in
   any optimiser's list and its batch-norm statistics never move. A SavedModel is not
   enough: recipes read the teacher's named intermediate layers.
-* :func:`train_teacher_in_child` runs :func:`train_teacher` in a child process, which
+* :func:`train_teacher_in_child` runs
+  :func:`medistill.distill.teacher_child.train_teacher` in a child process, which
   trains the teacher into ``RUN/teacher/`` with the supervised
   trainer (:func:`medistill.train.supervised.train_supervised`), or with the recipe's own
   teacher recipe (``Recipe.teacher_recipe``: deep supervision over every head for KAMSD
@@ -29,10 +30,9 @@ from pathlib import Path
 
 import keras
 
-from medistill.distill.session import WORKER_WEIGHTS_ENV
+from medistill.train.session import WORKER_WEIGHTS_ENV
 from medistill.errors import CheckpointError, MedistillError
 from medistill.export import KERAS_NAMES
-from medistill.train.config import TrainConfig
 
 log = logging.getLogger("medistill.distill")
 
@@ -96,27 +96,8 @@ def finished(folder: Path) -> bool:
     return (folder / "summary.json").is_file() and (folder / "model.keras").is_file()
 
 
-def train_teacher(config, recipe_cls: type) -> Path:
-    """Train (or reuse) the teacher of ``config`` in ``RUN/teacher`` in this process; return it."""
-    folder = teacher_folder(config)
-    options = recipe_cls.teacher_build_options(config)
-    teacher_config = config.teacher_train_config(options, str(folder))
-    if finished(folder):
-        log.info("teacher: reusing the finished teacher in %s", folder)
-        return folder
-    log.info("teacher: training %s %s for %d epoch(s) into %s", teacher_config.student, options or "",
-             teacher_config.epochs, folder)
-    if recipe_cls.teacher_recipe is None:
-        from medistill.train.supervised import train_supervised
-
-        return train_supervised(teacher_config)
-    from medistill.distill.runner import run_recipe
-
-    return run_recipe(teacher_config, TrainConfig, recipe_cls.teacher_recipe, None)
-
-
 def train_teacher_in_child(config) -> Path:
-    """:func:`train_teacher` in a child process (``python -m medistill.distill.teacher``).
+    """``train_teacher`` in a child process (``python -m medistill.distill.teacher_child``).
 
     The child owns the teacher run's ``tf.distribute`` strategy, so the parent creates
     its own strategy afterwards as the first of its process: TensorFlow does not support
@@ -130,7 +111,7 @@ def train_teacher_in_child(config) -> Path:
         log.info("teacher: reusing the finished teacher in %s", folder)
         return folder
     env = {key: value for key, value in os.environ.items() if key != WORKER_WEIGHTS_ENV}
-    command = [sys.executable, "-m", "medistill.distill.teacher", json.dumps(config.to_dict())]
+    command = [sys.executable, "-m", "medistill.distill.teacher_child", json.dumps(config.to_dict())]
     if logging.getLogger("medistill").isEnabledFor(logging.DEBUG):
         command.append("--verbose")
     done = subprocess.run(command, env=env, check=False)
@@ -139,24 +120,3 @@ def train_teacher_in_child(config) -> Path:
                              f"messages are above and in {folder / 'train.log'}). Fix the cause and run the "
                              "same command again: the teacher resumes from its last epoch.")
     return folder
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The child process of :func:`train_teacher_in_child`: ``CONFIG_JSON [--verbose]``."""
-    from medistill.cli import setup_logging
-    from medistill.distill.config import DistillConfig
-    from medistill.distill.recipes import get_recipe
-
-    argv = sys.argv[1:] if argv is None else argv
-    setup_logging("--verbose" in argv)
-    try:
-        config = DistillConfig.from_dict(json.loads(argv[0]))
-        train_teacher(config, get_recipe(config.recipe))
-    except MedistillError as error:
-        print(f"medistill: error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

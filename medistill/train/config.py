@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from medistill.errors import MedistillError
+from medistill.train.run_folder import register_run_config
 
 # Fields that may change between a run and its resumption without making the saved
 # checkpoint meaningless (the run is longer, more patient, or runs on other devices).
@@ -49,6 +50,7 @@ def check_settings(checks: list[tuple[bool, str]]) -> None:
             raise MedistillError(message)
 
 
+@register_run_config
 @dataclass
 class TrainConfig:
     """Everything needed to rerun ``medistill train``."""

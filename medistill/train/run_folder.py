@@ -69,23 +69,24 @@ def run_kind(run_dir: Path) -> str | None:
     return None
 
 
+# Config classes of the commands that write run folders, registered by their own modules
+# (this lower layer never imports the trainers above it).
+_RUN_CONFIGS: dict[str, type] = {}
+
+
+def register_run_config(config_cls: type) -> type:
+    """Make runs of ``config_cls`` recognisable by their ``config.json`` (usable as a decorator)."""
+    _RUN_CONFIGS[config_cls.__name__] = config_cls
+    return config_cls
+
+
 def _known_fields() -> dict[str, tuple[set[str], set[str]]]:
     """``{config class name: (its settings, the settings without a default)}``."""
     from dataclasses import MISSING, fields
 
-    from medistill.train.config import TrainConfig
-
-    classes: list[type] = [TrainConfig]
-    try:  # the distillation configs live above this package; import them only here
-        from medistill.distill.config import DistillConfig
-        from medistill.distill.meddistill.config import MedDistillConfig
-
-        classes += [DistillConfig, MedDistillConfig]
-    except ImportError:  # pragma: no cover - a partial install
-        pass
-    return {cls.__name__: ({f.name for f in fields(cls)},
-                           {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING})
-            for cls in classes}
+    return {name: ({f.name for f in fields(cls)},
+                   {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING})
+            for name, cls in _RUN_CONFIGS.items()}
 
 
 def _own_entries(run_dir: Path) -> list[Path]:
@@ -275,7 +276,7 @@ class _RunLogHandler(logging.FileHandler):
 def add_file_log(run_dir: str | Path, name: str = "train.log") -> logging.Handler:
     """Log ``medistill.*`` messages to a readable text file in the run folder.
 
-    Closing the returned handler (as :func:`medistill.distill.session.open_run` does when
+    Closing the returned handler (as :func:`medistill.train.session.open_run` does when
     the run ends) also releases this process's lock on the folder.
     """
     handler = _RunLogHandler(Path(run_dir) / name, Path(run_dir))

@@ -71,7 +71,7 @@ def validation_fn(model: keras.Model, dataset: tf.data.Dataset | None, num_class
 
 def train_supervised(config: TrainConfig) -> Path:
     """Train, resume if the run folder holds a compatible run, export; return the folder."""
-    from medistill.distill.session import finish_run, open_run
+    from medistill.train.session import finish_run, open_run
 
     # Every input is checked before the run folder is touched: a failed start writes nothing.
     if chief_by_tf_config():  # the chief alone writes (and locks) the run folder

@@ -30,7 +30,8 @@ def audit(event: str, args: tuple) -> None:
 def main() -> None:
     commands = json.loads(open(sys.argv[1]).read())
     sys.addaudithook(audit)
-    from medistill.cli import main as medistill_main, setup_logging
+    from medistill.cli import main as medistill_main
+    from medistill.console import setup_logging
 
     setup_logging()
     import torch  # the thread count a user's process starts with

@@ -23,7 +23,7 @@ from medistill.boxes.oracle import boxes_from_masks
 from medistill.cli import meddistill as cli
 from medistill.data.phantoms import generate_phantoms
 from medistill.distill.meddistill.trainer import train_meddistill
-from medistill.distill.session import WORKER_WEIGHTS_ENV
+from medistill.train.session import WORKER_WEIGHTS_ENV
 from medistill.teachers.cache import build_cache
 from medistill.teachers.registry import build_teacher
 

@@ -186,7 +186,7 @@ def test_gradients_reach_student_projection_and_learned_weights():
 def test_a_mixed_precision_step_keeps_the_loss_maths_in_float32():
     """The GPU path, run on the CPU: float16 student and projection, float32 losses, loss scaling."""
     from medistill.distill.meddistill.trainer import make_step
-    from medistill.distill.precision import wrap_optimizer
+    from medistill.train.precision import wrap_optimizer
 
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:

@@ -25,6 +25,7 @@ from medistill.distill.terms import DEFAULT_TERMS, TERM_NAMES, WEIGHTINGS
 from medistill.errors import MedistillError
 from medistill.train.config import RESUMABLE_CHANGES as TRAIN_RESUMABLE_CHANGES
 from medistill.train.config import TrainConfig, check_settings, common_checks
+from medistill.train.run_folder import register_run_config
 
 # Besides the supervised ones (length, patience, devices, folder): the cache may move,
 # it is checked against the teacher and the boxes file by itself; keeping a collapsed
@@ -37,6 +38,7 @@ CACHE_NAME = "teacher_cache.h5"
 DEFAULT_STUDENT_OPTIONS = {"base_filters": 16}
 
 
+@register_run_config
 @dataclass
 class MedDistillConfig:
     """Everything needed to rerun ``meddistill.py`` (see ``--help`` for each setting)."""

@@ -31,7 +31,7 @@ import keras
 import tensorflow as tf
 
 from medistill.distill.meddistill import data as md
-from medistill.distill.precision import scaled_gradients
+from medistill.train.precision import scaled_gradients
 from medistill.distill.projection import FeatureProjection
 from medistill.distill.weighting import RELEASED_TERMS, LossWeighting
 from medistill.losses.distillation import (

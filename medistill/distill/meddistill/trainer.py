@@ -73,9 +73,9 @@ from medistill.distill.meddistill.distiller import (  # noqa: F401  (flip_like_b
 )
 from medistill.distill.meddistill.plots import plot_distillation
 from medistill.distill.meddistill.trust import assign_trust, quality_weights
-from medistill.distill.precision import set_precision, wrap_optimizer
+from medistill.train.precision import set_precision, wrap_optimizer
 from medistill.distill.projection import FeatureProjection
-from medistill.distill.session import RunSession, finish_run, open_run
+from medistill.train.session import RunSession, finish_run, open_run
 from medistill.distill.weighting import build_weighting
 from medistill.distribute import barrier, chief_by_tf_config
 from medistill.errors import MedistillError

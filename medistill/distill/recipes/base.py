@@ -179,7 +179,7 @@ class Recipe:
 
     def make_optimizer(self, variables: list[tf.Variable]) -> keras.optimizers.Optimizer:
         """The supervised trainer's optimiser (loss-scaled under mixed precision), built."""
-        from medistill.distill.precision import wrap_optimizer
+        from medistill.train.precision import wrap_optimizer
         from medistill.train.supervised import make_optimizer
 
         optimizer = wrap_optimizer(make_optimizer(self.context.config, self.context.steps_per_epoch),
@@ -194,7 +194,7 @@ class Recipe:
 
     def apply_gradients(self, tape: tf.GradientTape, loss: tf.Tensor) -> None:
         """Gradients of ``loss`` for ``self.trainable``, applied by ``self.optimizer``."""
-        from medistill.distill.precision import scaled_gradients
+        from medistill.train.precision import scaled_gradients
 
         grads = scaled_gradients(tape, loss, self.trainable, self.optimizer)
         self.optimizer.apply_gradients(zip(grads, self.trainable))

@@ -100,7 +100,7 @@ class CAKDMSKD(Recipe):
     def make_optimizer(self, variables: list[tf.Variable]) -> keras.optimizers.Optimizer:
         if not self.options["paper_optimizer"]:
             return super().make_optimizer(variables)
-        from medistill.distill.precision import wrap_optimizer
+        from medistill.train.precision import wrap_optimizer
 
         optimizer = wrap_optimizer(keras.optimizers.Adam(PAPER_LR, weight_decay=PAPER_WEIGHT_DECAY),
                                    self.context.policy)

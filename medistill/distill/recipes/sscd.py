@@ -233,7 +233,7 @@ class _SSCDBase(Recipe):
         """The paper's SGD (option ``optimizer: "sgd"``) or the run's optimiser, built."""
         if self.options["optimizer"] == "config":
             return super().make_optimizer(variables)
-        from medistill.distill.precision import wrap_optimizer
+        from medistill.train.precision import wrap_optimizer
 
         config, rate = self.context.config, float(self.options["sgd_lr"])
         if config.schedule == "cosine":

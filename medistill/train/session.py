@@ -31,7 +31,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from medistill.distill.precision import float32_copy, is_mixed
+from medistill.train.precision import float32_copy, is_mixed
 from medistill.distribute import choose_strategy, is_chief
 from medistill.export import ModelCard, save_model_artifacts
 from medistill.fileio import atomic_path, write_json_atomic

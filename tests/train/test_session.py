@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from medistill.distill.precision import float32_copy, is_mixed, scaled_gradients, set_precision, wrap_optimizer
-from medistill.distill.session import RunSession
+from medistill.train.precision import float32_copy, is_mixed, scaled_gradients, set_precision, wrap_optimizer
+from medistill.train.session import RunSession
 from medistill.networks import build_student
 
 
