@@ -3,8 +3,9 @@
 The benchmark of issue 11 ("Benchmark and acceptance", "Label-free model selection that
 can be trusted"). Everything runs in this process (TensorFlow is imported once); each
 training run has its own folder and is skipped, with ``--resume``, when its
-``summary.json`` and ``test_metrics.json`` exist, so ``--work DIR --resume`` continues
-after a kill (an unfinished run resumes from its last checkpoint).
+``summary.json`` and its test metrics (``<run>.test_metrics.json`` beside it) exist, so
+``--work DIR --resume`` continues after a kill (an unfinished run resumes from its last
+checkpoint).
 
 Per data set (``WORK/<set>/``: ``distill/`` images with masks, the masks read only by the
 supervised bound and the ground-truth boxes; ``test/`` images with masks; ``boxes/`` the
@@ -236,7 +237,12 @@ def quiet_stderr(log_file: Path):
 
 
 def quiet_tensorflow() -> None:
-    """Console: warnings of medistill only (each run keeps its own full log in its folder)."""
+    """Console: warnings of medistill and errors of TensorFlow only (each run keeps its full log in
+    its folder). TensorFlow's logger gets its handler now, on the real stderr: one made while a run's
+    stderr is redirected would write to a closed file later."""
+    import tensorflow as tf
+
+    tf.get_logger().setLevel(logging.ERROR)
     logging.getLogger("medistill").setLevel(logging.WARNING)
     try:
         import absl.logging
@@ -341,7 +347,8 @@ MIN_AREA = {"phantoms": 1, "nuclei": 4, "colin27": 50, "mni152": 20, "cells3d": 
 def prepare_dataset(name: str, root: Path, plan: Plan, args: argparse.Namespace) -> dict:
     """Images, masks and ground-truth boxes of one set (reused with ``--resume``)."""
     record_path = root / "prepared.json"
-    settings = {"plan": {k: v for k, v in plan.__dict__.items()}, "mni152_target": args.mni152_target}
+    settings = {k: getattr(plan, k) for k in ("distill", "test", "phantom_size", "nuclei_tile", "volume_gap")}
+    settings.update(mni152_target=args.mni152_target, min_area=MIN_AREA[name])
     record = read_json(record_path)
     if args.resume and record.get("settings") == json.loads(json.dumps(settings)):
         return record
@@ -542,22 +549,43 @@ def run_record(run_dir: Path, row: Row, metrics: dict, seconds: float) -> dict:
     return record
 
 
+def run_settings(plan: Plan, row: Row, seed: int, student: tuple[str, dict] | None) -> dict:
+    """What a finished run must have been trained with to be reused by ``--resume``."""
+    name, options = student or (plan.student, plan.student_options)
+    shared = {k: getattr(plan, k) for k in ("img_size", "epochs", "batch", "val_fraction")}
+    return json.loads(json.dumps({**shared, "student": name, "student_options": options, "row": row.kind,
+                                  "overrides": row.overrides, "seed": seed}))
+
+
 def do_run(root: Path, kind: str, row: Row, plan: Plan, seed: int, out: Path, tests: list, resume: bool,
            student: tuple[str, dict] | None = None) -> tuple[dict, float]:
-    """Train (or reuse) one run and score it on the test images; the record and wall seconds spent."""
-    metrics_path = out / "test_metrics.json"
+    """Train (or reuse) one run and score it on the test images; the record and wall seconds spent.
+
+    The run folder ``out`` holds only what medistill writes (it refuses a folder with other files);
+    beside it: ``<out>.settings.json`` (what it is trained with), ``<out>.log`` (its console output)
+    and ``<out>.test_metrics.json`` (the test figures, written last: the run is done)."""
+    metrics_path = out.with_name(f"{out.name}.test_metrics.json")
+    settings_path = out.with_name(f"{out.name}.settings.json")
+    wanted = run_settings(plan, row, seed, student)
     if resume and (out / "summary.json").is_file() and metrics_path.is_file():
-        return read_json(metrics_path), 0.0
+        record = read_json(metrics_path)
+        if record.get("settings") == wanted:
+            return record, 0.0
+        print(f"{out}: made with other settings, trained again", flush=True)
     start = time.perf_counter()
-    if not resume and out.exists():
-        shutil.rmtree(out)
+    if not resume or read_json(settings_path) != wanted:  # a fresh run, or an unfinished one with other settings
+        for stale in (out, metrics_path):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists():
+                stale.unlink()
+    write_json(settings_path, wanted)
     load_before = load_average()
-    out.mkdir(parents=True, exist_ok=True)
-    with quiet_stderr(out / "bench_stderr.log"):
+    with quiet_stderr(out.with_name(f"{out.name}.log")):
         train_row(root, kind, row, plan, seed, out, resume, student)
     seconds = time.perf_counter() - start
     record = run_record(out, row, evaluate_run(out, tests), seconds)
-    record.update(seed=seed, load=f"{load_before:.2f} → {load_average():.2f}")
+    record.update(seed=seed, load=f"{load_before:.2f} → {load_average():.2f}", settings=wanted)
     write_json(metrics_path, record)
     return record, time.perf_counter() - start
 
