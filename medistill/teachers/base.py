@@ -176,3 +176,48 @@ class Teacher(abc.ABC):
         """Provenance: name, weights hash and preprocessing."""
         return {"teacher": self.name, "weights_hash": self.weights_hash,
                 "preprocessing": self.preprocessing}
+
+
+class EncoderTeacher(Teacher):
+    """A SAM-like teacher: one image-encoder pass per image, then a box decoder per box.
+
+    Subclasses give :meth:`encoder_input` (raw image → encoder input and its
+    :class:`~medistill.data.preprocess.Geometry`), :meth:`encode`, :meth:`decode_boxes`
+    (embedding, geometry, boxes → original-size probabilities, IoU scores, low-res
+    logits) and :attr:`input_size` (the encoder's square input side). The encoder output
+    is kept in ``extras["embedding"]``, so :meth:`predict_more` runs only the decoder.
+    """
+
+    input_size: int
+
+    def encoder_input(self, image: np.ndarray) -> tuple[np.ndarray, Any]:
+        raise NotImplementedError
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def decode_boxes(self, embedding: np.ndarray, geometry: Any,
+                     boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _predict(self, image: np.ndarray, boxes: np.ndarray) -> TeacherOutput:
+        x, geometry = self.encoder_input(image)
+        return self._from_embedding(self.encode(x), geometry, boxes)
+
+    def _from_embedding(self, embedding: np.ndarray, geometry: Any, boxes: np.ndarray) -> TeacherOutput:
+        masks, iou, low_res = self.decode_boxes(embedding, geometry, boxes)
+        features = np.asarray(embedding, np.float32)
+        return TeacherOutput(masks=masks, uncertainties=mask_uncertainty(masks),
+                             scores=np.asarray(iou, np.float32), features=features,
+                             feature_stride=self.input_size // embedding.shape[0], boxes=boxes,
+                             extras={"low_res_logits": low_res, "geometry": geometry.to_dict(),
+                                     "embedding": features})
+
+    def _predict_more(self, image: np.ndarray, boxes: np.ndarray, previous: TeacherOutput) -> TeacherOutput:
+        """Only the decoder, on the embedding and geometry of ``previous`` (the encoder again if absent)."""
+        from medistill.data.preprocess import Geometry
+
+        embedding, geometry = previous.extras.get("embedding"), previous.extras.get("geometry")
+        if embedding is None or geometry is None:
+            return self._predict(image, boxes)
+        return self._from_embedding(embedding, Geometry.from_dict(geometry), boxes)

@@ -43,7 +43,7 @@ import numpy as np
 
 from medistill.data.preprocess import Geometry
 from medistill.errors import MedistillError
-from medistill.teachers.base import Teacher, TeacherOutput, mask_uncertainty
+from medistill.teachers.base import EncoderTeacher, Teacher
 from medistill.teachers.litemedsam.preprocessing import logits_to_probabilities
 from medistill.teachers.registry import register_teacher
 
@@ -191,7 +191,7 @@ def upsample_logits(low_res: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-class SAMTeacher(Teacher):
+class SAMTeacher(EncoderTeacher):
     """A keras-hub ``SAMImageSegmenter`` behind the teacher contract.
 
     ``compiled`` wraps the encoder and decoder in ``tf.function`` (traced once per
@@ -267,26 +267,17 @@ class SAMTeacher(Teacher):
             return np.zeros((0, side, side), np.float32), np.zeros((0,), np.float32)
         return np.concatenate(logits), np.concatenate(ious)
 
-    def _predict(self, image: np.ndarray, boxes: np.ndarray) -> TeacherOutput:
-        x, geometry = preprocess_image(image, self.image_size, self.scale, self.offset)
-        return self._from_embedding(self.encode(x), geometry, boxes)
+    @property
+    def input_size(self) -> int:
+        return self.image_size
 
-    def _from_embedding(self, embedding: np.ndarray, geometry: Geometry, boxes: np.ndarray) -> TeacherOutput:
+    def encoder_input(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
+        return preprocess_image(image, self.image_size, self.scale, self.offset)
+
+    def decode_boxes(self, embedding: np.ndarray, geometry: Geometry,
+                     boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         low_res, iou = self.decode(embedding, scale_boxes(boxes, geometry))
-        masks = logits_to_probabilities(upsample_logits(low_res, self.image_size), geometry)
-        features = np.asarray(embedding, np.float32)
-        return TeacherOutput(masks=masks, uncertainties=mask_uncertainty(masks),
-                             scores=iou.astype(np.float32), features=features,
-                             feature_stride=self.image_size // embedding.shape[0], boxes=boxes,
-                             extras={"low_res_logits": low_res, "geometry": geometry.to_dict(),
-                                     "embedding": features})
-
-    def _predict_more(self, image: np.ndarray, boxes: np.ndarray, previous: TeacherOutput) -> TeacherOutput:
-        """Only the prompt encoder and mask decoder, on the embedding of ``previous``."""
-        embedding, geometry = previous.extras.get("embedding"), previous.extras.get("geometry")
-        if embedding is None or geometry is None:
-            return self._predict(image, boxes)
-        return self._from_embedding(embedding, Geometry.from_dict(geometry), boxes)
+        return logits_to_probabilities(upsample_logits(low_res, self.image_size), geometry), iou, low_res
 
 
 def _sam(argument: str | None) -> Teacher:

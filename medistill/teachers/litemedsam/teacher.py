@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 
 from medistill.data.preprocess import Geometry
-from medistill.teachers.base import Teacher, TeacherOutput, mask_uncertainty
+from medistill.teachers.base import EncoderTeacher
 from medistill.teachers.litemedsam import preprocessing as prep
 
 
-class LiteMedSAMTeacher(Teacher):
+class LiteMedSAMTeacher(EncoderTeacher):
     """LiteMedSAM in Keras, loaded from a (converted, cached) PyTorch checkpoint."""
 
     name = "litemedsam"
@@ -79,23 +79,14 @@ class LiteMedSAMTeacher(Teacher):
             return np.zeros((0, size, size), np.float32), np.zeros((0,), np.float32)
         return np.concatenate(logits), np.concatenate(ious)
 
-    def _predict(self, image: np.ndarray, boxes: np.ndarray) -> TeacherOutput:
-        x, geometry = prep.preprocess_image(image, self.model.image_size)
-        return self._from_embedding(self.encode(x), geometry, boxes)
+    @property
+    def input_size(self) -> int:
+        return self.model.image_size
 
-    def _from_embedding(self, embedding: np.ndarray, geometry: Geometry, boxes: np.ndarray) -> TeacherOutput:
+    def encoder_input(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
+        return prep.preprocess_image(image, self.model.image_size)
+
+    def decode_boxes(self, embedding: np.ndarray, geometry: Geometry,
+                     boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         low_res, iou = self.decode(embedding, prep.scale_boxes(boxes, geometry, self.model.image_size))
-        masks = prep.logits_to_probabilities(low_res, geometry)
-        features = np.asarray(embedding, np.float32)
-        return TeacherOutput(masks=masks, uncertainties=mask_uncertainty(masks),
-                             scores=iou.astype(np.float32), features=features,
-                             feature_stride=self.model.image_size // embedding.shape[0], boxes=boxes,
-                             extras={"low_res_logits": low_res, "geometry": geometry.to_dict(),
-                                     "embedding": features})
-
-    def _predict_more(self, image: np.ndarray, boxes: np.ndarray, previous: TeacherOutput) -> TeacherOutput:
-        """Only the decoder: the embedding and geometry of ``previous`` (encoder again if absent)."""
-        embedding, geometry = previous.extras.get("embedding"), previous.extras.get("geometry")
-        if embedding is None or geometry is None:
-            return self._predict(image, boxes)
-        return self._from_embedding(embedding, Geometry.from_dict(geometry), boxes)
+        return prep.logits_to_probabilities(low_res, geometry), iou, low_res
