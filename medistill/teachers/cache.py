@@ -261,6 +261,29 @@ def _check_hashes(out_path: Path, images: h5py.Group, entries: list, image_dir: 
                 "--image_dir? Pass that folder, use another --out, or --overwrite to rebuild the cache")
 
 
+def _finished(out_path: Path, wanted: dict[str, str], entries: list, image_dir: Path) -> bool:
+    """Whether ``out_path`` already holds every entry, finished, with these settings and images.
+
+    Read-only; False (so the locked writer path decides and explains) when the file is
+    missing, locked, busy, stale or incomplete. A changed image still raises (:func:`_check_hashes`).
+    """
+    if not out_path.is_file() or lock_path(out_path).exists():
+        return False  # a writer (or a stale lock) is there: the locked path refuses or takes over
+    try:
+        handle = h5py.File(out_path, "r")
+    except OSError:
+        return False  # being written, or not HDF5: the writer path says which
+    with handle:
+        if _format_problem(out_path, handle.attrs) or _stale_reasons(dict(handle.attrs), wanted):
+            return False
+        images = handle.get("images")
+        if images is None or any(e.stem not in images or not images[e.stem].attrs.get("done", False)
+                                 for e in entries):
+            return False
+        _check_hashes(out_path, images, entries, image_dir)
+    return True
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -368,6 +391,10 @@ def build_cache(teacher: Teacher, image_dir: str | os.PathLike, boxes_path: str 
     check_image_paths(boxes, image_dir)  # before anything is written
     wanted = provenance(teacher, boxes_path, boxes.class_names, quality)
     written, start = 0, time.perf_counter()
+    if not overwrite and _finished(out_path, wanted, boxes.images, image_dir):
+        # Read-only: several runs may share a finished cache at the same time.
+        return {"images": len(boxes.images), "done_before": len(boxes.images), "written": 0,
+                "seconds": round(time.perf_counter() - start, 3), "images_per_second": 0.0}
     with cache_lock(out_path):
         handle = _open(out_path, wanted, overwrite)
         try:

@@ -260,3 +260,16 @@ def test_nifti_slices_are_hashed_by_their_decoded_pixels(tmp_path):
     nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "img" / "vol.nii.gz")
     with pytest.raises(MedistillError, match=r"vol\.nii\.gz \(stem 'vol_z1'\)"):
         build_cache(GrabCutTeacher(), tmp_path / "img", tmp_path / "boxes.json", out, progress=False)
+
+
+def test_a_finished_cache_is_shared_read_only_by_several_runs(data, tmp_path):
+    """Reusing a finished cache takes no write lock: two runs read it at the same time."""
+    from medistill.teachers.cache import lock_path
+
+    image_dir, boxes_path, boxes = data
+    cache = tmp_path / "shared.h5"
+    build_cache(GrabCutTeacher(), image_dir, boxes_path, cache, progress=False)
+    with h5py.File(cache, "r"):  # another run reading it right now
+        summary = build_cache(GrabCutTeacher(), image_dir, boxes_path, cache, progress=False)
+    assert summary["written"] == 0 and summary["done_before"] == len(boxes.images)
+    assert not lock_path(cache).exists()
