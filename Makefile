@@ -66,7 +66,7 @@ DET_EPOCHS ?= 40
 DISTIL_EPOCHS ?= 40
 SUP_EPOCHS ?= 15
 STUDENT ?= unet
-STUDENT_OPTIONS ?= {"base_filters": 8}
+STUDENT_OPTIONS ?= {"base_filters": 16}
 REPORT ?= $(PY) -m medistill report
 
 DATA := $(DEMO_OUT)/data

@@ -55,7 +55,7 @@ class MedDistillConfig:
     clip_percentiles: list[float] | None = None
     epochs: int = 100
     batch: int = 8
-    lr: float = 1e-3
+    lr: float = 3e-3
     val_fraction: float = 0.2
     patience: int = 20
     min_epochs: int | None = None
