@@ -850,6 +850,8 @@ def main() -> None:
     parser.add_argument("--mni152-target", choices=sorted(MNI152_TARGETS), default="white",
                         help="the MNI152 foreground class (default: white matter)")
     parser.add_argument("--epochs", type=int, default=None, help="override the plan's epochs (every trained row)")
+    parser.add_argument("--img-size", type=int, default=None,
+                        help="override the students' input size (every trained row; a multiple of 16)")
     parser.add_argument("--work", type=Path, default=None,
                         help="keep data and run folders here (default: a temporary folder, deleted)")
     parser.add_argument("--resume", action="store_true",
@@ -865,6 +867,8 @@ def main() -> None:
     plan = QUICK if args.quick else FULL
     if args.epochs:
         plan = replace(plan, epochs=args.epochs)
+    if args.img_size:
+        plan = replace(plan, img_size=args.img_size)
     datasets = args.datasets or (["phantoms"] if args.quick else list(DEFAULT_DATASETS))
     datasets, missing = installed(datasets, substitute=args.datasets is None)
     datasets = [d for d in ALL_DATASETS if d in datasets]
