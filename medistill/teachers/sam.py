@@ -50,6 +50,10 @@ from medistill.teachers.registry import register_teacher
 # ViTDetBackbone normalises its input with these; padding with them gives SAM's zeros.
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 TINY_SAM_SIZE = 64
+# keras-hub's SAM mask decoder corrupts memory on this stack (TF 2.21, CPU) when given
+# 12 or more boxes at once (segfaults or "double free", eager and compiled alike);
+# 8 ran clean in every trial, so boxes are decoded in chunks of at most 8.
+SAFE_BOX_BATCH = 8
 
 
 def preset_help() -> str:
@@ -205,11 +209,11 @@ class SAMTeacher(EncoderTeacher):
 
     name = "sam"
 
-    def __init__(self, segmenter: Any, source: str, box_batch: int = 16, compiled: bool = True,
+    def __init__(self, segmenter: Any, source: str, box_batch: int = SAFE_BOX_BATCH, compiled: bool = True,
                  jit_compile: bool = False) -> None:
         self.segmenter = segmenter
         self.source = str(source)
-        self.box_batch = max(1, int(box_batch))
+        self.box_batch = max(1, min(int(box_batch), SAFE_BOX_BATCH))
         backbone = segmenter.backbone
         self.image_size = int(backbone.image_encoder.input.shape[1])
         self.scale, self.offset = converter_scale_offset(segmenter)

@@ -106,3 +106,24 @@ def test_unreachable_named_preset_is_a_clear_error(monkeypatch):
     with pytest.raises(MedistillError, match="(?s)ConnectionError.*local preset directory"):
         build_teacher("sam:kaggle://keras/sam/keras/sam_base_sa1b/5")  # a handle, not a folder
     assert time.perf_counter() - start < 5
+
+
+def test_many_boxes_decode_without_crashing_the_process():
+    """keras-hub's SAM decoder corrupts memory with 12+ boxes at once here; chunks of 8 do not.
+
+    In a child process: a crash there fails this test instead of killing the test run.
+    """
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\n"
+            "from medistill.teachers.sam import SAMTeacher, build_tiny_sam\n"
+            "t = SAMTeacher(build_tiny_sam(), source='tiny', box_batch=32)\n"
+            "assert t.box_batch == 8\n"
+            "img = np.random.default_rng(0).random((64, 64)).astype(np.float32)\n"
+            "boxes = np.tile(np.array([[10, 10, 30, 30], [5, 40, 20, 60], [40, 40, 60, 50]], np.float32), (8, 1))\n"
+            "out = t.predict(img, boxes[:3])\n"
+            "for _ in range(5):\n"
+            "    assert t.predict_more(img, boxes, out).masks.shape == (24, 64, 64)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
