@@ -434,7 +434,7 @@ def build_teacher_cache(root: Path, kind: str, split: str, resume: bool) -> tupl
         build_cache(teacher(), root / split / "images", boxes_path, path, overwrite=not resume, progress=False)
     seconds = time.perf_counter() - start
     write_json(record_path, {**read_json(record_path), path.name: round(seconds, 1)})
-    return path, seconds, seconds
+    return path, seconds, round(seconds, 1)
 
 
 def test_samples(root: Path):
