@@ -65,11 +65,12 @@ from medistill.boxes.yolo_dataset import read_yolo_labels, to_uint8
 from medistill.data import Sample, pair_folder, validate_samples
 from medistill.data.samples import load_sample_image
 from medistill.errors import CheckpointError, DataError, DataProblem, MedistillError
-from medistill.fileio import write_json_atomic
+from medistill.fileio import write_json_atomic, write_text_atomic
 
 log = logging.getLogger("medistill.boxes")
 
 RUN_RECORD = "medistill_detector.json"
+RESULTS_CSV = "results.csv"  # ultralytics' table of epochs, one row each
 MOSAIC_MIN_IMAGES = 500
 # Image suffixes ultralytics reads from a split folder (the ones medistill writes: png).
 YOLO_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -317,7 +318,11 @@ def _train(config: DetectorTrainConfig, data: DataYaml, model_spec: str, out: Pa
             if resume_from is not None:
                 log.info("resuming the killed run from %s", resume_from)
                 model = _load_yolo(ultralytics, resume_from)
-                model.train(resume=str(resume_from), data=str(data.path))
+                _resume_results(out / RESULTS_CSV, (getattr(model, "ckpt", None) or {}).get("epoch"))
+                try:
+                    model.train(resume=str(resume_from), data=str(data.path))
+                finally:  # however the resumed run ends, each epoch has one row
+                    keep_last_row_per_epoch(out / RESULTS_CSV)
             else:
                 model = (_load_yolo(ultralytics, Path(model_spec)) if model_spec.endswith(".pt")
                          else ultralytics.YOLO(model_spec))
@@ -340,6 +345,52 @@ def _train(config: DetectorTrainConfig, data: DataYaml, model_spec: str, out: Pa
               platform.machine()}
     write_json_atomic(out / RUN_RECORD, record)
     return DetectorRun(out, best, last, metrics, seconds)
+
+
+def keep_last_row_per_epoch(path: str | os.PathLike, drop_after: int | None = None) -> int:
+    """Rewrite ultralytics' ``results.csv`` so that each epoch has one row; the number dropped.
+
+    ultralytics appends an epoch's row before it saves ``last.pt``: a run killed between
+    the two resumes from the previous checkpoint, trains that epoch again and appends its
+    row a second time. Of several rows of one epoch the last one written wins; rows of
+    epochs after ``drop_after`` (1-based) are dropped too. The header and the kept lines
+    stay as they were, in epoch order; the file is replaced atomically, and left alone
+    when nothing changes (also when it is missing or not a table of epochs).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0].split(",")[0].strip() != "epoch":
+        return 0
+    written = [line for line in lines[1:] if line.strip()]
+    rows: dict[int, str] = {}
+    for line in written:
+        try:
+            epoch = int(float(line.split(",")[0]))
+        except ValueError:
+            log.warning("%s has a row without an epoch number; the file is left as it is", path)
+            return 0
+        rows[epoch] = line  # the last row written wins
+    kept = [rows[epoch] for epoch in sorted(rows) if drop_after is None or epoch <= drop_after]
+    if kept != written:
+        write_text_atomic(path, "\n".join([lines[0], *kept]) + "\n")
+    return len(written) - len(kept)
+
+
+def _resume_results(path: Path, saved_epoch: Any) -> None:
+    """Before a resume: drop the rows of the epochs the run will train again.
+
+    ``saved_epoch`` is the 0-based epoch of ``last.pt``; ultralytics resumes with the next
+    one and appends its rows, so rows after epoch ``saved_epoch + 1`` (1-based) belong to
+    epochs whose weights were lost in the kill.
+    """
+    if isinstance(saved_epoch, int) and saved_epoch >= 0:
+        dropped = keep_last_row_per_epoch(path, drop_after=saved_epoch + 1)
+    else:
+        dropped = keep_last_row_per_epoch(path)
+    if dropped:
+        log.info("%s: %d row(s) of epochs trained again on resume removed", path, dropped)
 
 
 def _cpu_only(device: str) -> bool:
