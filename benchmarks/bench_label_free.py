@@ -80,8 +80,8 @@ from pathlib import Path
 import common  # noqa: F401  (sets the environment before TensorFlow is imported)
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars of the runs (read when tqdm is imported)
-from common import (Progress, argument_parser, copy_pairs, exported_stems, load_average, markdown_table, publish,
-                    slice_index, spearman)
+from common import (Progress, argument_parser, copy_pairs, exported_stems, fill_boxes, load_average, markdown_table,
+                    publish, slice_index, spearman)
 
 SECTION_KEY = "label_free"
 SECTION_TITLE = "Label-free students (issue 11): ablation over seeds, label-free model selection, students' speed"
@@ -456,18 +456,6 @@ def score(predictions: dict, tests: list) -> dict:
     hd95 = [m["hd95"] for m in per_image.values() if finite(m["hd95"])]
     return {"dice": mean(dice), "hd95": mean(hd95), "hd95_n": len(hd95), "images": len(dice),
             "per_image": per_image}
-
-
-def fill_boxes(entry):
-    """The boxes of one image filled as a mask (pixel centres inside a box), as bench_meddistill does."""
-    import numpy as np
-
-    mask = np.zeros((entry.height, entry.width), bool)
-    for box in entry.boxes:
-        x1, y1 = int(np.ceil(box.x1 - 0.5)), int(np.ceil(box.y1 - 0.5))
-        x2, y2 = int(np.floor(box.x2 - 0.5)) + 1, int(np.floor(box.y2 - 0.5)) + 1
-        mask[max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = True
-    return mask
 
 
 def baselines(root: Path, kind: str, test_cache: Path, tests: list) -> dict:

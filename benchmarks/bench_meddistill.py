@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import common
-from common import (CommandLog, argument_parser, copy_pairs, exported_stems, load_average, markdown_table,
-                    mean_std, publish, slice_index, time_runs)
+from common import (CommandLog, argument_parser, copy_pairs, exported_stems, fill_boxes, load_average,
+                    markdown_table, mean_std, publish, slice_index, time_runs)
 
 SECTION_KEY = "meddistill"
 SECTION_TITLE = "MedDistill (LiteMedSAM → student, no labels): Dice, HD95, speed, teacher cache"
@@ -439,18 +439,6 @@ def teacher_summary(cache_path: Path, root: Path) -> dict:
         images = cache["images"]
         predictions = {stem: images[stem]["fused"][()] > 0.5 for stem in images}
     return _summary(predictions, root)
-
-
-def fill_boxes(entry) -> "object":
-    """The boxes of one image filled as a mask (pixel centres inside a box)."""
-    import numpy as np
-
-    mask = np.zeros((entry.height, entry.width), bool)
-    for box in entry.boxes:
-        x1, y1 = int(np.ceil(box.x1 - 0.5)), int(np.ceil(box.y1 - 0.5))
-        x2, y2 = int(np.floor(box.x2 - 0.5)) + 1, int(np.floor(box.y2 - 0.5)) + 1
-        mask[max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = True
-    return mask
 
 
 def box_mask_summary(boxes_path: Path, root: Path) -> dict:

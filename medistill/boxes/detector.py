@@ -201,7 +201,11 @@ def _load_yolo(ultralytics, weights: Path):
     try:
         model = ultralytics.YOLO(str(weights))
     except Exception as error:  # torch/pickle raise many types for damaged files
-        if "outside the supported" in str(error) or isinstance(error, pickle.UnpicklingError):
+        # Safe loading refuses a pickle that names a GLOBAL (code to run); ultralytics reports
+        # that and a damaged file alike ("outside the supported ... format"), so the cause
+        # decides: torch names the GLOBAL, or says e.g. "Unsupported operand" for garbage.
+        causes = f"{error} {error.__cause__ or ''}"
+        if "GLOBAL" in causes or (isinstance(error, pickle.UnpicklingError) and "global" in causes.lower()):
             raise CheckpointError(
                 f"refused to load the weights {weights}: the file names Python objects that are not "
                 "ultralytics' or torch's model classes, and unpickling them could run any code. medistill "
