@@ -237,6 +237,34 @@ def _read_image(image_dir: Path, entry) -> tuple[np.ndarray, str]:
     return image, digest
 
 
+def _check_entries(image_dir: Path, entries: list) -> None:
+    """Every image exists, and each 2-D image has the size its entry says: checked before anything
+    is written, so a bad entry never leaves a half-built cache behind. Slices of volumes are
+    checked when read (reading every volume twice would cost too much)."""
+    from PIL import Image, UnidentifiedImageError
+
+    problems = []
+    for entry in entries:
+        path = image_path(image_dir, entry)
+        if not path.exists():
+            problems.append(f"{path}: image of the boxes file entry {entry.stem!r} not found")
+            continue
+        if entry.slice_index is not None:
+            continue
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except (UnidentifiedImageError, OSError):
+            continue  # .npy and other formats PIL cannot open lazily: checked when read
+        if (height, width) != (entry.height, entry.width):
+            problems.append(f"{path}: image is {width}x{height} but the boxes file says "
+                            f"{entry.width}x{entry.height}")
+    if problems:
+        shown = "\n  ".join(problems[:10]) + (f"\n  … and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise MedistillError(f"the boxes file does not match the images in {image_dir} (nothing was written):\n  "
+                             f"{shown}\npass the --image_dir the boxes were made from, or regenerate the boxes file")
+
+
 def _image_hash(image_dir: Path, entry) -> str:
     if entry.slice_index is None:
         path = image_path(image_dir, entry)
@@ -389,6 +417,7 @@ def build_cache(teacher: Teacher, image_dir: str | os.PathLike, boxes_path: str 
     quality = quality or QualitySettings()
     boxes = read_boxes(boxes_path)
     check_image_paths(boxes, image_dir)  # before anything is written
+    _check_entries(image_dir, boxes.images)
     wanted = provenance(teacher, boxes_path, boxes.class_names, quality)
     written, start = 0, time.perf_counter()
     if not overwrite and _finished(out_path, wanted, boxes.images, image_dir):

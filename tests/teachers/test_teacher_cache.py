@@ -273,3 +273,16 @@ def test_a_finished_cache_is_shared_read_only_by_several_runs(data, tmp_path):
         summary = build_cache(GrabCutTeacher(), image_dir, boxes_path, cache, progress=False)
     assert summary["written"] == 0 and summary["done_before"] == len(boxes.images)
     assert not lock_path(cache).exists()
+
+
+def test_a_bad_entry_is_refused_before_anything_is_written(data, tmp_path):
+    """An image whose size differs from its boxes entry stops the build before the cache exists."""
+    import cv2
+
+    image_dir, boxes_path, boxes = data
+    last = boxes.images[-1]
+    cv2.imwrite(str(image_dir / last.file), np.zeros((last.height + 3, last.width), np.uint8))
+    with pytest.raises(MedistillError, match="nothing was written") as refused:
+        build_cache(GrabCutTeacher(), image_dir, boxes_path, tmp_path / "c.h5", progress=False)
+    assert last.file in str(refused.value)
+    assert not (tmp_path / "c.h5").exists()
