@@ -17,10 +17,9 @@ variances, which are near 2) and their losses to a relative 3e-4 (SSCD's hard te
 1.3e-3). Without synchronised statistics the trainable weights differ by 9e-3 to
 1.4e-2, as much as they moved, and the moving variances by 0.07 to 0.11.
 
-Expected to fail for now (strict, so the marker must go once fixed): the supervised
-trainer and the recipes normalise each replica's half batch on its own, where MedDistill
-synchronises batch norm across replicas (``_sync_batchnorm`` in
-``medistill/distill/meddistill/trainer.py``).
+Every trainer synchronises batch norm across replicas
+(``RunSession.synchronise_batchnorm`` in ``medistill/train/session.py``); without it
+these tests fail by the margins above.
 """
 
 from __future__ import annotations
@@ -54,12 +53,6 @@ WEIGHTS_RTOL, WEIGHTS_ATOL, LOSS_RTOL = 1e-3, 3e-3, 1e-3
 LOSS_RTOL_SSCD = 5e-3
 # KAMSD's Adam steps on weights with tiny gradients amplify the rounding (measured 2.4e-3).
 WEIGHTS_ATOL_KAMSD = 5e-3
-UNSYNCHRONISED_BATCH_NORM = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="batch norm is not synchronised across replicas in medistill train and the recipes "
-           "(each replica normalises its half batch; MedDistill synchronises)")
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> dict[str, Path]:
     """8 binary phantoms at 64 px and an untrained tiny deep-supervision teacher (all recipes take it)."""
@@ -114,13 +107,11 @@ def check_same_run(weights: dict, history: dict, loss_rtol: float = LOSS_RTOL,
                                    err_msg=f"weight {index} differs (largest gap of all weights {max(gaps):.2e})")
 
 
-@UNSYNCHRONISED_BATCH_NORM
 def test_supervised_training_on_two_replicas_is_the_one_device_run(prepared, tmp_path, read_worker_weights):
     argv = ["train", "--data", str(prepared["data"]), *COMMON]
     check_same_run(*one_device_and_two_replicas(argv, tmp_path, read_worker_weights))
 
 
-@UNSYNCHRONISED_BATCH_NORM
 @pytest.mark.parametrize("recipe", ["kamsd", "cakd-mskd", "sikd", "sscd"])
 def test_a_recipe_on_two_replicas_is_the_one_device_run(recipe, prepared, tmp_path, read_worker_weights):
     argv = ["distill", "--recipe", recipe, "--data", str(prepared["data"]), "--teacher-model",

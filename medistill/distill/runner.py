@@ -107,6 +107,7 @@ def run_recipe(config: TrainConfig, config_cls: type, recipe_cls: type[Recipe],
                 recipe = recipe_cls(context)
                 recipe.build()
             check_frozen(recipe)
+            session.synchronise_batchnorm(*recipe.trained_models())
             sizes = model_summary(recipe.student, (config.img_size, config.img_size, config.channels))
             log.info("recipe %s: student %s with %s parameters, %.2f GFLOPs per image at %d px",
                      recipe.name or recipe_cls.__name__, config.student, f"{sizes['params']:,}",

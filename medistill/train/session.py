@@ -70,10 +70,32 @@ class RunSession:
                      batch, requested, available, replicas)
         return batch
 
+    def synchronise_batchnorm(self, *models: keras.Model) -> int:
+        """Batch-norm statistics over the global batch on several replicas (a no-op on one).
+
+        Per-replica statistics would make a 2-replica run differ from 1 device on the same
+        global batch; :func:`finish_run` turns it off again before exporting. Returns the
+        number of layers switched.
+        """
+        if self.replicas < 2:
+            return 0
+        layers = batchnorm_layers(*models)
+        for layer in layers:
+            layer.synchronized = True
+        self.synchronised = getattr(self, "synchronised", []) + layers
+        return len(layers)
+
     @property
     def task_index(self) -> int:
         resolver = getattr(self.strategy, "cluster_resolver", None)
         return int(resolver.task_id or 0) if resolver is not None and resolver.task_type else 0
+
+
+def batchnorm_layers(*models: keras.Model) -> list:
+    """Every ``BatchNormalization`` layer inside ``models``, nested layers included."""
+    return [layer for model in models
+            for layer in model._flatten_layers()  # every nested layer (Keras has no public walk)
+            if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 @contextlib.contextmanager
@@ -98,6 +120,8 @@ def open_run(config: Any, config_cls: type, *, cpu_replicas: int = 1,
 def finish_run(session: RunSession, loop: TrainingLoop, model: keras.Model, card: ModelCard,
                history: list[dict], summary: dict, *, keras_name: str = "model.keras") -> None:
     """Load the best weights, export the model and write curves and ``summary.json``."""
+    for layer in getattr(session, "synchronised", []):  # the export carries no distribution setting
+        layer.synchronized = False
     loop.load_best()
     _write_worker_weights(session, model)
     if not session.chief:

@@ -104,6 +104,7 @@ def train_supervised(config: TrainConfig) -> Path:
                                   **config.student_options)
             optimizer = make_optimizer(config, steps)
             optimizer.build(model.trainable_variables)
+        session.synchronise_batchnorm(model)
         sizes = model_summary(model, (config.img_size, config.img_size, config.channels))
         log.info("student %s: %s parameters, %.2f GFLOPs per image at %d px", config.student,
                  f"{sizes['params']:,}", sizes["flops"] / 1e9, config.img_size)

@@ -260,15 +260,6 @@ def prepare_data(config: MedDistillConfig, session: RunSession, grid_for, teache
     return Prepared(train, val, info, cache=cache, source=source)
 
 
-def _sync_batchnorm(student: keras.Model, on: bool) -> int:
-    """Turn cross-replica batch-norm statistics on or off; returns the number of layers."""
-    layers = [layer for layer in student._flatten_layers()  # every nested layer (Keras has no public walk)
-              if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in layers:
-        layer.synchronized = on
-    return len(layers)
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -383,8 +374,8 @@ def _train(config: MedDistillConfig, session: RunSession) -> Path:
     feature_shape = (grid, grid, prepared.features.channels) if chosen else None
     distiller, optimizer, decoder_optimizer = build_distiller(config, session, student, decoder, chosen,
                                                               prepared.features, policy)
-    if session.replicas > 1 and config.sync_batchnorm:
-        _sync_batchnorm(student, True)
+    if config.sync_batchnorm:
+        session.synchronise_batchnorm(student)
     sizes = model_summary(student, (config.img_size, config.img_size, config.channels))
     log.info("student %s: %s parameters, %.2f GFLOPs per image at %d px", config.student,
              f"{sizes['params']:,}", sizes["flops"] / 1e9, config.img_size)
@@ -417,7 +408,6 @@ def _train(config: MedDistillConfig, session: RunSession) -> Path:
     train_started = time.perf_counter()
     history = loop.fit(make_dataset)
     train_seconds = time.perf_counter() - train_started
-    _sync_batchnorm(student, False)  # the exported student carries no distribution setting
     if session.chief and history:
         plot_distillation(history, session.run_dir / "loss_terms.png")
     loop.load_best()

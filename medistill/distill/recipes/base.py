@@ -164,6 +164,13 @@ class Recipe:
         """Objects besides the student and optimiser that the checkpoint must hold."""
         return {}
 
+    def trained_models(self) -> list[keras.Model]:
+        """The models this recipe trains (their batch norm is synchronised across replicas):
+        the student and every other Keras model among :meth:`trackables`."""
+        others = [value for value in self.trackables().values()
+                  if isinstance(value, keras.Model) and value is not self.student]
+        return [self.student, *others]
+
     def summary(self) -> dict[str, Any]:
         """Entries for ``summary.json``."""
         return {}
