@@ -14,6 +14,7 @@ MODULES = [
     "medistill.boxes.oracle",
     "medistill.boxes.scoring",
     "medistill.boxes.yolo_dataset",
+    "medistill.cli.options",
     "medistill.distill.config",
     "medistill.distill.meddistill.config",
     "medistill.distill.meddistill.data",

@@ -12,12 +12,10 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import fields
-from typing import Any
 
 from medistill.cli import train as train_cli
-from medistill.errors import MedistillError
+from medistill.cli.options import json_object
 
 RECIPE_NAMES = ("kamsd", "cakd-mskd", "sikd", "sscd")
 
@@ -41,16 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mixed-precision", action="store_true", help="float16 compute on GPUs (ignored on CPUs)")
 
 
-def _json_object(text: str, flag: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise MedistillError(f"{flag} is not valid JSON: {error}") from error
-    if not isinstance(value, dict):
-        raise MedistillError(f"{flag} must be a JSON object such as '{{\"key\": 1}}', got {text!r}")
-    return value
-
-
 def config_from_args(args: argparse.Namespace):
     """The :class:`~medistill.distill.config.DistillConfig` the arguments describe."""
     from medistill.distill.config import DistillConfig
@@ -58,9 +46,9 @@ def config_from_args(args: argparse.Namespace):
     values = {f.name: getattr(args, f.name) for f in fields(DistillConfig) if hasattr(args, f.name)}
     values.update(
         student=args.student or "",
-        student_options=_json_object(args.student_options, "--student-options"),
-        teacher_options=_json_object(args.teacher_options, "--teacher-options"),
-        recipe_options=_json_object(args.recipe_options, "--recipe-options"),
+        student_options=json_object(args.student_options, "--student-options"),
+        teacher_options=json_object(args.teacher_options, "--teacher-options"),
+        recipe_options=json_object(args.recipe_options, "--recipe-options"),
         clip_percentiles=list(args.clip_percentiles) if args.clip_percentiles else None,
     )
     return DistillConfig(**values)

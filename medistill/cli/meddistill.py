@@ -17,22 +17,13 @@ import logging
 import sys
 from pathlib import Path
 
+from medistill.cli.options import json_object
 from medistill.distill.terms import DEFAULT_TERMS, TERM_NAMES, WEIGHTINGS
 from medistill.errors import MedistillError
 
 log = logging.getLogger("medistill.distill")
 # The exit status of a run whose student collapsed (kept with --keep-collapsed).
 COLLAPSED_EXIT = 3
-
-
-def _json_option(text: str, option: str) -> dict | None:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise MedistillError(f"{option} is not valid JSON: {error}") from error
-    if value is not None and not isinstance(value, dict):
-        raise MedistillError(f"{option} must be a JSON object, e.g. '{{\"base_filters\": 16}}'")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,7 +121,7 @@ def config_from_args(args: argparse.Namespace):
 
     return MedDistillConfig(
         image_dir=args.image_dir, boxes=args.boxes, out=args.out, teacher=args.teacher, cache=args.cache,
-        student=args.student, student_options=_json_option(args.student_options, "--student-options") or {},
+        student=args.student, student_options=json_object(args.student_options, "--student-options"),
         img_size=args.img_size, channels=args.channels,
         clip_percentiles=list(args.clip_percentiles) if args.clip_percentiles else None,
         epochs=args.epochs, batch=args.batch, lr=args.lr, val_fraction=args.val_fraction,
@@ -139,7 +130,7 @@ def config_from_args(args: argparse.Namespace):
         terms=parse_terms(args.terms), confidence=args.confidence, negatives=args.negatives,
         quality_control=args.quality_control, init_from=args.init_from, rounds=args.rounds,
         keep_collapsed=args.keep_collapsed,
-        weighting=args.weighting, fixed_weights=_json_option(args.fixed_weights, "--fixed-weights"),
+        weighting=args.weighting, fixed_weights=json_object(args.fixed_weights, "--fixed-weights", allow_null=True),
         feature_loss=args.feature_loss, feature_layer=args.feature_layer, co_learn=args.co_learn,
         refresh_every=args.refresh_every, decoder_lr=args.decoder_lr,
         colearn_confidence=args.colearn_confidence, skip_empty=args.skip_empty,

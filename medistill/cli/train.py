@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from medistill.errors import MedistillError
+from medistill.cli.options import json_object
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,10 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from medistill.train import TrainConfig, train_supervised
 
-    try:
-        options = json.loads(args.student_options)
-    except json.JSONDecodeError as error:
-        raise MedistillError(f"--student-options is not valid JSON: {error}") from error
+    options = json_object(args.student_options, "--student-options")
     config = TrainConfig(
         data=args.data, out=args.out, student=args.student, student_options=options,
         img_size=args.img_size, channels=args.channels, normalisation=args.normalisation,
