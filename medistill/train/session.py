@@ -24,7 +24,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ class RunSession:
     run_dir: Path
     chief: bool
     resumed: bool
+    synchronised: list = field(default_factory=list)  # batch-norm layers made global (finish_run undoes)
 
     @property
     def replicas(self) -> int:
@@ -82,7 +83,7 @@ class RunSession:
         layers = batchnorm_layers(*models)
         for layer in layers:
             layer.synchronized = True
-        self.synchronised = getattr(self, "synchronised", []) + layers
+        self.synchronised.extend(layers)
         return len(layers)
 
     @property
@@ -120,7 +121,7 @@ def open_run(config: Any, config_cls: type, *, cpu_replicas: int = 1,
 def finish_run(session: RunSession, loop: TrainingLoop, model: keras.Model, card: ModelCard,
                history: list[dict], summary: dict, *, keras_name: str = "model.keras") -> None:
     """Load the best weights, export the model and write curves and ``summary.json``."""
-    for layer in getattr(session, "synchronised", []):  # the export carries no distribution setting
+    for layer in session.synchronised:  # the export carries no distribution setting
         layer.synchronized = False
     loop.load_best()
     _write_worker_weights(session, model)

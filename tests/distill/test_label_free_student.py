@@ -210,7 +210,7 @@ def test_cli_defaults_are_the_config_defaults():
     assert differing == []
 
 
-def test_quality_control_writes_its_decisions_and_weights_enter_the_data(default_run):
+def test_quality_control_writes_its_decisions_and_sheet(default_run):
     """The default run applies quality control: its CSV and sheet exist and the summary counts them."""
     import csv
 
