@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-augment", dest="augment", action="store_false")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps-per-epoch", type=int, help="cap the steps of an epoch (quick runs)")
+    parser.add_argument("--min-steps-per-epoch", type=int, default=10,
+                        help="small sets repeat within an epoch until it has this many optimizer steps (default 10)")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable or mismatched files with a warning")
     parser.add_argument("--cpu-replicas", type=int, default=1,
                         help="split the CPU into N logical devices (tests multi-replica code without GPUs)")
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
         optimizer=args.optimizer, schedule=args.schedule, val_fraction=args.val_fraction,
         patience=args.patience, augment=args.augment, seed=args.seed,
-        steps_per_epoch=args.steps_per_epoch, skip_bad=args.skip_bad,
+        steps_per_epoch=args.steps_per_epoch, min_steps_per_epoch=args.min_steps_per_epoch, skip_bad=args.skip_bad,
         cpu_replicas=args.cpu_replicas, overwrite=args.overwrite,
     )
     run_dir = train_supervised(config)

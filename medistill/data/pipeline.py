@@ -148,6 +148,7 @@ def epoch_datasets(
     drop_remainder: bool = True,
     load_fn: LoadFn | None = None,
     mask_mode: str = "auto",
+    passes: int = 1,
 ) -> Callable[[int], tf.data.Dataset]:
     """``epoch -> that epoch's batches``, with order and augmentation drawn from ``(seed, epoch)`` only.
 
@@ -155,7 +156,8 @@ def epoch_datasets(
     process: a run resumed at epoch ``k`` sees exactly the data an uninterrupted run
     would (``make_dataset`` reshuffles per pass, so a new process starts again with
     the first epoch's order). Preprocessed examples are kept in memory after their
-    first use, as ``make_dataset``'s cache does.
+    first use, as ``make_dataset``'s cache does. ``passes`` > 1 makes an epoch of several
+    passes over a small set, each in its own order (see :func:`medistill.train.loop.epoch_length`).
 
     Example::
 
@@ -192,8 +194,9 @@ def epoch_datasets(
 
     def for_epoch(epoch: int) -> tf.data.Dataset:
         rng = np.random.default_rng([seed, int(epoch)])
-        order = rng.permutation(len(samples)) if shuffle else np.arange(len(samples))
-        dataset = tf.data.Dataset.from_tensor_slices(order.astype(np.int64))
+        orders = [rng.permutation(len(samples)) if shuffle else np.arange(len(samples))
+                  for _ in range(max(1, int(passes)))]
+        dataset = tf.data.Dataset.from_tensor_slices(np.concatenate(orders).astype(np.int64))
         dataset = dataset.map(load_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if augment is not None:
             dataset = _augmented(dataset, augment, int(rng.integers(2**31 - 1)), rerandomize=False)

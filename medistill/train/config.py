@@ -77,6 +77,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     steps_per_epoch: int | None = None
+    min_steps_per_epoch: int = 10
     skip_bad: bool = False
     cpu_replicas: int = 1
     overwrite: bool = False
@@ -84,6 +85,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_settings(common_checks(self) + [
             (self.lr > 0, "--lr must be positive"),
+            (self.min_steps_per_epoch >= 1, "--min-steps-per-epoch must be at least 1"),
             (self.optimizer in ("adam", "adamw"), "--optimizer must be adam or adamw"),
             (self.schedule in ("cosine", "constant"), "--schedule must be cosine or constant"),
             (self.num_classes is None or self.num_classes >= 2, "--num-classes counts background: at least 2"),

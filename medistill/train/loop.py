@@ -47,6 +47,20 @@ StepFn = Callable[[object], dict]
 ValidateFn = Callable[[], dict]
 
 
+def epoch_length(count: int, batch: int, min_steps: int) -> tuple[int, int]:
+    """``(passes, steps)`` of an epoch: at least ``min_steps`` optimizer steps, whole passes over the set.
+
+    >>> epoch_length(12, 8, 10), epoch_length(400, 8, 10)
+    ((7, 10), (1, 50))
+    """
+    steps = max(1, count // batch)
+    if steps >= min_steps:
+        return 1, steps
+    passes = math.ceil(min_steps * batch / count)
+    return passes, (passes * count) // batch
+
+
+
 class NonFiniteLossError(MedistillError):
     """A loss term became NaN or infinite; the last good checkpoint is kept."""
 

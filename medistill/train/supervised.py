@@ -26,7 +26,7 @@ from medistill.losses import hard_dice_per_example, predicted_labels, segmentati
 from medistill.networks import build_student, model_summary
 from medistill.train.config import TrainConfig
 from medistill.train.data_setup import count_classes, training_samples
-from medistill.train.loop import LoopSettings, TrainingLoop
+from medistill.train.loop import LoopSettings, TrainingLoop, epoch_length
 from medistill.train.run_folder import check_run_folder
 
 log = logging.getLogger("medistill.train")
@@ -83,7 +83,7 @@ def train_supervised(config: TrainConfig) -> Path:
     with open_run(config, TrainConfig, cpu_replicas=config.cpu_replicas) as session:
         pre = preprocess_config(config)
         batch = session.global_batch(config.batch, len(train))
-        steps = max(1, len(train) // batch)
+        passes, steps = epoch_length(len(train), batch, config.min_steps_per_epoch)
         if config.steps_per_epoch:
             steps = min(steps, config.steps_per_epoch)
         augment = AugmentConfig() if config.augment else None
@@ -92,7 +92,7 @@ def train_supervised(config: TrainConfig) -> Path:
         # the data an uninterrupted one would; decoded images are kept after first use.
         train_data = epoch_datasets(train, pre, num_classes=num_classes, batch_size=batch, shuffle=True,
                                     augment=augment, seed=config.seed, drop_remainder=True,
-                                    mask_mode=config.mask_mode)
+                                    mask_mode=config.mask_mode, passes=passes)
 
         val_data = (make_dataset(val, pre, num_classes=num_classes, batch_size=max(1, config.batch),
                                  shuffle=False, augment=None, seed=config.seed,
@@ -127,5 +127,6 @@ def train_supervised(config: TrainConfig) -> Path:
                             validation_fn(model, val_data, num_classes), settings)
         history = loop.fit(train_data)
         finish_run(session, loop, model, ModelCard(pre, num_classes), history,
-                   {"train_images": len(train), "val_images": len(val), **sizes})
+                   {"train_images": len(train), "val_images": len(val), "steps_per_epoch": steps,
+                    "passes_per_epoch": passes, **sizes})
         return session.run_dir

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from medistill.data.augment import AugmentConfig
-from medistill.data.pipeline import make_dataset, make_image_dataset
+from medistill.data.pipeline import epoch_datasets, make_dataset, make_image_dataset
 from medistill.data.preprocess import PreprocessConfig, preprocess_image, preprocess_mask
 
 SHAPES = [(37, 91), (91, 37), (40, 40), (20, 30), (33, 47)]
@@ -85,6 +85,28 @@ def test_same_seed_same_batches_across_builds_and_epochs():
         for (x1, y1), (x2, y2) in zip(collect(first), collect(second), strict=True):
             np.testing.assert_array_equal(x1, x2)
             np.testing.assert_array_equal(y1, y2)
+
+
+def test_several_passes_make_one_longer_epoch_of_whole_permutations():
+    """A small set repeats within an epoch (``passes``); one pass is the plain epoch."""
+    def epoch(passes: int, index: int = 0) -> list[np.ndarray]:
+        batches = epoch_datasets(list(range(10)), CFG, num_classes=2, batch_size=5, shuffle=True, augment=None,
+                                 seed=3, load_fn=synthetic_pair, passes=passes)(index)
+        return [y for _, y in collect(batches)]
+
+    def which(mask: np.ndarray) -> int:  # the sample a preprocessed mask came from
+        return next(i for i in range(10)
+                    if np.array_equal(mask, preprocess_mask(synthetic_pair(i)[1],
+                                                            preprocess_image(synthetic_pair(i)[0], CFG)[1], 32)))
+
+    single, triple = epoch(1), epoch(3)
+    assert len(single) == 2 and len(triple) == 6
+    for a, b in zip(single, triple[:2]):  # the first pass is the one-pass epoch
+        np.testing.assert_array_equal(a, b)
+    order = [which(m) for batch in triple for m in batch]
+    for k in range(3):
+        assert sorted(order[10 * k:10 * (k + 1)]) == list(range(10))  # each pass sees every sample once
+    assert order[:10] != order[10:20]
 
 
 def test_different_seed_different_batches():

@@ -42,7 +42,7 @@ TRAIN_ARGS = ["--student", "unet", "--student-options", '{"base_filters": 16}', 
 @pytest.fixture(scope="module")
 def trained_run(phantoms, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "unet"
-    medistill("train", "--data", str(phantoms["train"]), "--out", str(run), "--epochs", "25", *TRAIN_ARGS)
+    medistill("train", "--data", str(phantoms["train"]), "--out", str(run), "--epochs", "13", *TRAIN_ARGS)
     return run
 
 
@@ -136,14 +136,14 @@ def test_resume_after_kill_keeps_finished_epochs(phantoms, tmp_path, wait_for_ep
 def test_rerunning_a_finished_run_changes_nothing(trained_run, phantoms):
     before = (trained_run / "history.csv").read_text()
     result = medistill("train", "--data", str(phantoms["train"]), "--out", str(trained_run),
-                       "--epochs", "25", *TRAIN_ARGS)
+                       "--epochs", "13", *TRAIN_ARGS)
     assert "already complete" in result.stderr
     assert (trained_run / "history.csv").read_text() == before
 
 
 def test_other_settings_in_the_same_folder_are_refused(trained_run, phantoms):
     result = medistill("train", "--data", str(phantoms["train"]), "--out", str(trained_run),
-                       "--epochs", "25", *TRAIN_ARGS[:-2], "--seed", "5", check=False)
+                       "--epochs", "13", *TRAIN_ARGS[:-2], "--seed", "5", check=False)
     assert result.returncode == 2
     assert "seed" in result.stderr and "--overwrite" in result.stderr
     assert "Traceback" not in result.stderr

@@ -81,7 +81,7 @@ from medistill.distribute import barrier, chief_by_tf_config
 from medistill.errors import MedistillError
 from medistill.export import ModelCard
 from medistill.networks import build_student, feature_model, feature_names, model_summary
-from medistill.train.loop import LoopSettings, TrainingLoop
+from medistill.train.loop import LoopSettings, TrainingLoop, epoch_length  # noqa: F401  (public here too)
 
 log = logging.getLogger("medistill.distill")
 
@@ -421,19 +421,6 @@ def _train(config: MedDistillConfig, session: RunSession) -> Path:
                           trust=trust, collapse=collapse)
     finish_run(session, loop, student, ModelCard(pre, 2), history, summary, keras_name="student.keras")
     return session.run_dir
-
-
-def epoch_length(count: int, batch: int, min_steps: int) -> tuple[int, int]:
-    """``(passes, steps)`` of an epoch: at least ``min_steps`` optimizer steps, whole passes over the set.
-
-    >>> epoch_length(12, 8, 10), epoch_length(400, 8, 10)
-    ((7, 10), (1, 50))
-    """
-    steps = max(1, count // batch)
-    if steps >= min_steps:
-        return 1, steps
-    passes = math.ceil(min_steps * batch / count)
-    return passes, (passes * count) // batch
 
 
 def load_initial_weights(student: keras.Model, source: str) -> None:
