@@ -11,7 +11,8 @@ import importlib
 import sys
 
 from medistill import __version__
-from medistill.console import setup_logging
+from medistill.cli.options import HelpParser
+from medistill.console import quiet_libraries, setup_logging
 from medistill.errors import MedistillError
 
 COMMANDS = {
@@ -19,6 +20,8 @@ COMMANDS = {
     "sources": ("medistill.cli.sources", "export an installed real data set (MNI152, Colin27, nuclei, cells3d)"),
     "train": ("medistill.cli.train", "train a supervised student on images and masks"),
     "evaluate": ("medistill.cli.evaluate", "predict with a trained model and compute metrics (= predict_eval.py)"),
+    "predict": ("medistill.cli.predict", "segment new images or NIfTI volumes with a trained model (any backend)"),
+    "export": ("medistill.cli.export", "export a trained student to ONNX, OpenVINO or LiteRT for medistill predict"),
     "yolodata": ("medistill.cli.yolodata", "write a YOLO box data set from images and masks (= Creat_yolodata.py)"),
     "detect": ("medistill.cli.detect", "train/predict/evaluate the YOLO box detector; oracle boxes (= detection.py)"),
     "teach": ("medistill.cli.teach", "run a teacher (LiteMedSAM, GrabCut, SAM) on boxes and cache its soft masks"),
@@ -29,11 +32,14 @@ COMMANDS = {
                "the pipeline's summary table (box recall, teacher and student Dice) and the detector's threshold"),
 }
 
+VERBOSE_HELP = ("debug logging, and TensorFlow's and CUDA's own log lines (hidden otherwise; "
+                "an exported TF_CPP_MIN_LOG_LEVEL is kept)")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medistill", description=__doc__.splitlines()[0])
+    parser = HelpParser(prog="medistill", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"medistill {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, summary) in COMMANDS.items():
         command = sub.add_parser(name, help=summary, description=summary)
@@ -55,8 +61,19 @@ def run_command(module: str, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_libraries(args.verbose)
     setup_logging(args.verbose)
     return run_command(COMMANDS[args.command][0], args)
+
+
+def script_parser(prog: str, module: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of a top-level script: ``doc``'s first line, its indented usage lines as epilog."""
+    lines = doc.strip().splitlines()
+    usage = [line for line in lines[1:] if line.startswith("    ")]
+    parser = HelpParser(prog=prog, description=lines[0], epilog="\n".join(usage))
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    importlib.import_module(module).add_arguments(parser)
+    return parser
 
 
 def run_script(prog: str, module: str, doc: str) -> int:
@@ -64,12 +81,8 @@ def run_script(prog: str, module: str, doc: str) -> int:
 
     The first line of ``doc`` is the description; its indented usage lines are the epilog.
     """
-    lines = doc.strip().splitlines()
-    usage = [line for line in lines[1:] if line.startswith("    ")]
-    parser = argparse.ArgumentParser(prog=prog, description=lines[0], epilog="\n".join(usage),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    importlib.import_module(module).add_arguments(parser)
+    parser = script_parser(prog, module, doc)
     args = parser.parse_args()
+    quiet_libraries(args.verbose)
     setup_logging(args.verbose)
     return run_command(module, args)

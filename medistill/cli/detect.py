@@ -19,6 +19,8 @@ SUBCOMMANDS = {
     "eval": "precision, recall, mAP50, mAP50-95 and box recall on the test split",
 }
 
+DEVICE_HELP = "'cpu', or '0' for the first GPU (default: the first GPU if there is one, else the CPU)"
+
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="data.yaml of the YOLO set")
@@ -29,13 +31,18 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--imgsz", type=int, default=256, help="training size in pixels, a multiple of 32")
     parser.add_argument("--batch", type=int, default=8, help="batch size, one optimizer step each (default 8)")
     parser.add_argument("--out", required=True, help="run folder (weights/best.pt inside); a killed run resumes")
-    parser.add_argument("--device", default="", help="'cpu', '0' for the first GPU; default: GPU if present")
+    parser.add_argument("--device", default="", help=DEVICE_HELP)
     parser.add_argument("--optimizer", default="AdamW", help="ultralytics optimizer name (default AdamW)")
-    parser.add_argument("--lr0", type=float, default=0.003, help="initial learning rate (default 0.003)")
+    parser.add_argument("--lr0", type=float, default=0.003,
+                        help="initial learning rate (default 0.003 with AdamW: ultralytics' SGD settings "
+                        "learn nothing from a few dozen images in few steps)")
     parser.add_argument("--warmup-epochs", type=float, default=1.0, help="default 1")
     parser.add_argument("--mosaic", type=float,
                         help="mosaic probability (default: 0 below 500 training images, else 1)")
-    parser.add_argument("--patience", type=int, default=50, help="early stop after this many epochs without gain")
+    parser.add_argument("--patience", type=int, default=50,
+                        help="early stop after this many epochs without a better fitness (mAP) "
+                        "(default 50: mAP on a small validation split is noisy, so the segmentation "
+                        "trainers' 10-20 would stop too soon)")
     parser.add_argument("--workers", type=int, help="data-loading workers (default 0 on a CPU, 4 on a GPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plots", action="store_true", help="let ultralytics draw its plots (slower)")
@@ -53,7 +60,7 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-det", type=int, default=300, help="at most this many boxes per image")
     parser.add_argument("--imgsz", type=int, help="inference size (default: the training size)")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--device", default="")
+    parser.add_argument("--device", default="", help=DEVICE_HELP)
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
 
 
@@ -82,7 +89,7 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
     parser.add_argument("--imgsz", type=int, help="evaluation size (default: the training size)")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--device", default="")
+    parser.add_argument("--device", default="", help=DEVICE_HELP)
     parser.add_argument("--out", help="write the metrics to this JSON file too")
 
 

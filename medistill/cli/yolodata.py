@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="names of label values 1, 2, ... (default: 'foreground', or label_1, label_2 ...)")
     parser.add_argument("--group-pattern", default=DEFAULT_GROUP_PATTERN,
                         help="regular expression on 2-D file stems; files with the same first group "
-                        "stay in one split (default: slices named <name>_z<index>); '' turns it off")
+                        "stay in one split (default: %(default)s, slices named <name>_z<index> are one "
+                        "volume); '' turns it off: every file is its own group")
     parser.add_argument("--drop-empty-slices", action="store_true",
                         help="leave out NIfTI slices whose mask is empty (default: keep them as negatives)")
     parser.add_argument("--mask-suffix", default="", help="mask file stem = image stem + this (e.g. _mask)")
