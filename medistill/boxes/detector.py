@@ -70,6 +70,9 @@ from medistill.fileio import write_json_atomic, write_text_atomic
 log = logging.getLogger("medistill.boxes")
 
 RUN_RECORD = "medistill_detector.json"
+# Below both of these on the validation split, a detector has learned nothing usable.
+WEAK_RECALL = 0.01
+WEAK_MAP50 = 0.01
 RESULTS_CSV = "results.csv"  # ultralytics' table of epochs, one row each
 MOSAIC_MIN_IMAGES = 500
 # Image suffixes ultralytics reads from a split folder (the ones medistill writes: png).
@@ -349,6 +352,54 @@ def _train(config: DetectorTrainConfig, data: DataYaml, model_spec: str, out: Pa
               platform.machine()}
     write_json_atomic(out / RUN_RECORD, record)
     return DetectorRun(out, best, last, metrics, seconds)
+
+
+def weak_detector_warning(run: DetectorRun, batch: int, train_images: int | None = None) -> str | None:
+    """Why a finished run found (almost) nothing on its validation split, and what to do; None if fine.
+
+    A run is weak when its validation recall and mAP50 are both below
+    :data:`WEAK_RECALL` / :data:`WEAK_MAP50`: its boxes would prompt the teacher nowhere.
+    The message gives the optimizer steps taken and the box loss's first and last values
+    (from ``results.csv``), the usual causes on a small set.
+    """
+    recall = run.metrics.get("metrics/recall(B)")
+    map50 = run.metrics.get("metrics/mAP50(B)")
+    if recall is None or map50 is None or recall >= WEAK_RECALL or map50 >= WEAK_MAP50:
+        return None
+    losses = _column(run.folder / RESULTS_CSV, "train/box_loss")
+    epochs = len(losses)
+    facts = [f"validation recall {recall:.3f}, mAP50 {map50:.3f}"]
+    if losses:
+        trend = "rose" if losses[-1] > losses[0] else "fell"
+        facts.append(f"box loss {trend} from {losses[0]:.2f} to {losses[-1]:.2f} over {epochs} epoch(s)")
+    if train_images:
+        steps = math.ceil(train_images / batch) * max(epochs, 1)
+        facts.append(f"{train_images} training images at batch {batch}: about {steps} optimizer steps")
+    return ("the detector learned nothing (" + "; ".join(facts) + "). Its boxes would prompt the teacher "
+            "nowhere. A from-scratch YOLO needs a few hundred optimizer steps and a few dozen labelled "
+            "objects: train longer (--epochs), with a smaller --batch (more steps per epoch), on more "
+            "labelled images, or fine-tune a local .pt (--model); check that the YOLO set's boxes are "
+            "right (Creat_yolodata.py's summary). Pass --accept-weak-detector to keep it anyway")
+
+
+def _column(path: Path, name: str) -> list[float]:
+    """The values of one column of ultralytics' ``results.csv`` (empty when absent)."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines:
+        return []
+    header = [cell.strip() for cell in lines[0].split(",")]
+    if name not in header:
+        return []
+    index, values = header.index(name), []
+    for line in lines[1:]:
+        cells = line.split(",")
+        try:
+            values.append(float(cells[index]))
+        except (IndexError, ValueError):
+            continue
+    return values
 
 
 def keep_last_row_per_epoch(path: str | os.PathLike, drop_after: int | None = None) -> int:

@@ -4,8 +4,14 @@ A detector trained briefly ranks boxes well but gives them low scores, so its de
 threshold (conf 0.25) keeps few of them. :func:`choose_confidence` picks the threshold
 on a labelled split instead: it predicts once with a low threshold, then keeps the
 candidate threshold with the best F1 of box recall and box precision (IoU >= 0.5, one
-prediction per ground-truth box, same class); of equal F1 it takes the lowest, since a
-missed object costs the distillation more than an extra box the teacher can decline.
+prediction per ground-truth box, same class). Of equal F1 it takes the middle of the
+tied thresholds (the lower middle of an even count): a flat F1 over a range of
+thresholds says the few validation boxes cannot tell them apart, and the middle is the
+choice least tied to those few boxes.
+
+How much a threshold can be trusted depends on how many images and ground-truth boxes
+decided it: :func:`sample_warning` says so below :data:`MIN_IMAGES` images or
+:data:`MIN_BOXES` boxes.
 
 >>> from medistill.boxes.boxes_file import Box, BoxesFile, ImageBoxes
 >>> found = BoxesFile(["lesion"], [ImageBoxes("a.png", "a", 64, 64, [
@@ -31,6 +37,9 @@ from medistill.boxes.metrics import BoxMatch, match_boxes
 from medistill.errors import MedistillError
 
 DEFAULT_CONFIDENCES: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 19))  # 0.05..0.9
+# Below these, one box more or less moves the F1 by several points: the choice is a guess.
+MIN_IMAGES = 10
+MIN_BOXES = 20
 
 
 def truth_boxes(masks: Mapping[str, np.ndarray], min_area: int = 1) -> dict[str, list[Box]]:
@@ -101,17 +110,34 @@ def confidence_curve(detected: BoxesFile, truth: Mapping[str, list[Box]],
 
 
 def best_point(points: Sequence[ConfidencePoint]) -> ConfidencePoint:
-    """The point with the best box F1 (the lowest threshold of equals)."""
+    """The point with the best box F1; of equals, the middle threshold (lower middle of an even count).
+
+    >>> flat = [ConfidencePoint(c, 1.0, 1.0, 4, 4, 4) for c in (0.05, 0.1, 0.15, 0.2, 0.25)]
+    >>> best_point(flat).conf
+    0.15
+    """
     if not points or points[0].truths == 0:
         raise MedistillError("the images of the boxes file have no ground-truth object: a threshold "
                              "cannot be chosen from them; use a labelled split with objects")
-    return max(points, key=lambda point: (round(point.f1, 12), -point.conf))
+    best = max(round(point.f1, 12) for point in points)
+    tied = sorted((point for point in points if round(point.f1, 12) == best), key=lambda point: point.conf)
+    return tied[(len(tied) - 1) // 2]
+
+
+def sample_warning(images: int, boxes: int) -> str | None:
+    """A warning when ``images`` images with ``boxes`` ground-truth boxes are too few to choose from."""
+    if images >= MIN_IMAGES and boxes >= MIN_BOXES:
+        return None
+    return (f"the threshold was chosen on only {images} image(s) with {boxes} ground-truth box(es) "
+            f"(fewer than {MIN_IMAGES} images or {MIN_BOXES} boxes): one box more or less moves its F1 "
+            "by several points, so treat it as a guess. Choose it on more labelled images (raise the val "
+            "fraction of Creat_yolodata.py --split, or predict on more labelled images)")
 
 
 def choose_confidence(detected: BoxesFile, truth: Mapping[str, list[Box]],
                       candidates: Sequence[float] = DEFAULT_CONFIDENCES,
                       iou: float = 0.5) -> ConfidencePoint:
-    """The candidate threshold with the best box F1 (the lowest of equals)."""
+    """The candidate threshold with the best box F1 (the middle of equals)."""
     return best_point(confidence_curve(detected, truth, candidates, iou))
 
 

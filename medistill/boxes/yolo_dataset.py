@@ -284,7 +284,31 @@ def _read_splits(config: YoloDataConfig) -> dict[str, list[Sample]]:
     else:
         images, masks = Path(config.image_dir), Path(config.mask_dir)  # type: ignore[arg-type]
     samples = _checked_samples(images, masks, config)
-    return assign_splits(samples, config.split, config.seed, config.group_pattern)
+    splits = assign_splits(samples, config.split, config.seed, config.group_pattern)
+    warn_missing_splits(samples, splits, config.split, config.group_pattern)
+    return splits
+
+
+def warn_missing_splits(samples: list[Sample], splits: dict[str, list[Sample]],
+                        fractions: tuple[float, float, float], group_pattern: str) -> list[str]:
+    """Warn about a split asked for but left empty because there were too few groups.
+
+    Names the grouping that caused it and ``--group-pattern``, the fix when the files
+    are not slices of a few volumes. Returns the empty splits.
+    """
+    empty = [name for name, fraction in zip(SPLITS, fractions) if fraction > 0 and not splits[name]]
+    if not empty:
+        return []
+    groups = {sample_group(sample, group_pattern) for sample in samples}
+    shown = ", ".join(sorted(groups)[:3]) + (", ..." if len(groups) > 3 else "")
+    log.warning(
+        "the %s split is empty: the %d images form only %d group(s) (%s), and a group (the "
+        "slices of one volume) never spans two splits. Files are grouped by --group-pattern "
+        "%r (the first capture group of the file stem names the volume, e.g. case7 for "
+        "case7_z012). If your files are not slices of a few volumes, pass --group-pattern '' "
+        "(every file its own group), or a pattern whose first group names the volume in your "
+        "file names", " and ".join(empty), len(samples), len(groups), shown, group_pattern)
+    return empty
 
 
 def _checked_samples(images: Path, masks: Path, config: YoloDataConfig) -> list[Sample]:
@@ -395,8 +419,8 @@ def write_data_yaml(out: Path, class_names: list[str], splits: list[str]) -> Pat
                              "change --split")
     entries = {split: f"images/{split}" for split in splits}
     if "val" not in entries:
-        log.warning("the val split of %s is empty; validating on train (add images or "
-                    "raise the val fraction for honest validation figures)", out)
+        log.warning("the val split of %s is empty; validating on train (add images, raise "
+                    "the val fraction, or check --group-pattern, for honest validation figures)", out)
         entries["val"] = "images/train"
     header = ("# YOLO detection set written by medistill (Creat_yolodata.py).\n"
               "# Folders are relative to this file; labels/ mirrors images/.\n")

@@ -7,10 +7,13 @@ TensorFlow; ultralytics is imported offline by :mod:`medistill.boxes.offline`.
 from __future__ import annotations
 
 import argparse
+import logging
 
 import yaml
 
 from medistill.errors import MedistillError
+
+log = logging.getLogger("medistill.boxes")
 
 SUBCOMMANDS = {
     "train": "train a YOLO detector on a YOLO set (Creat_yolodata.py output)",
@@ -19,6 +22,8 @@ SUBCOMMANDS = {
     "eval": "precision, recall, mAP50, mAP50-95 and box recall on the test split",
 }
 
+# The exit status of a run whose result is useless (kept with --accept-weak-detector).
+WEAK_EXIT = 3
 DEVICE_HELP = "'cpu', or '0' for the first GPU (default: the first GPU if there is one, else the CPU)"
 
 
@@ -49,6 +54,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any other ultralytics training argument, e.g. --set fliplr=0 (repeatable)")
     parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    parser.add_argument("--accept-weak-detector", action="store_true",
+                        help=f"exit 0 even when the detector learned nothing (validation recall and mAP50 "
+                        f"near 0); without it such a run warns and exits {WEAK_EXIT}")
 
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,7 +129,7 @@ def parse_settings(pairs: list[str]) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from medistill.boxes.detector import DetectorTrainConfig, train_detector
+    from medistill.boxes.detector import DetectorTrainConfig, check_data_yaml, train_detector, weak_detector_warning
 
     result = train_detector(DetectorTrainConfig(
         data=args.data, out=args.out, model=args.model, epochs=args.epochs, imgsz=args.imgsz,
@@ -134,6 +142,10 @@ def _train(args: argparse.Namespace) -> int:
              if k.startswith("metrics/")}
     print(f"trained in {result.seconds:.0f} s; validation: {shown}")
     print(f"weights: {result.best}")
+    warning = weak_detector_warning(result, args.batch, check_data_yaml(args.data).images("train"))
+    if warning:
+        log.warning("%s", warning)
+        return 0 if args.accept_weak_detector else WEAK_EXIT
     return 0
 
 

@@ -16,8 +16,13 @@ Nothing here imports TensorFlow or torch.
 from __future__ import annotations
 
 import argparse
+import logging
 
 from medistill.errors import MedistillError
+
+log = logging.getLogger("medistill.boxes")
+# The exit status when the result would be useless (as detection.py train's; see --accept-weak-detector).
+WEAK_EXIT = 3
 
 SUBCOMMANDS = {
     "table": "one table of box recall, teacher Dice and student Dice on test images with masks",
@@ -53,6 +58,9 @@ def _conf_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidates", type=float, nargs="+",
                         help="thresholds to try (default 0.05, 0.10, ..., 0.90)")
     parser.add_argument("--out", help="write the chosen threshold (a bare number) to this file")
+    parser.add_argument("--accept-weak-detector", action="store_true",
+                        help="when no threshold finds a single ground-truth box, still write the lowest "
+                        f"candidate and exit 0 (without it: a warning, nothing written, exit {WEAK_EXIT})")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,7 +123,7 @@ def _teacher_name(cache_path: str) -> str:
 def _conf(args: argparse.Namespace) -> int:
     from medistill.boxes.boxes_file import read_boxes
     from medistill.boxes.scoring import (DEFAULT_CONFIDENCES, best_point, confidence_curve, format_curve,
-                                         truth_boxes)
+                                         sample_warning, truth_boxes)
     from medistill.fileio import write_text_atomic
 
     boxes = read_boxes(args.boxes)
@@ -124,8 +132,27 @@ def _conf(args: argparse.Namespace) -> int:
     points = confidence_curve(boxes, truth, candidates)
     best = best_point(points)
     print(format_curve(points, chosen=best.conf))
-    print(f"chosen conf {best.conf:g}: box recall {best.recall:.3f}, precision {best.precision:.3f}, "
-          f"F1 {best.f1:.3f} on {len(boxes.images)} images")
+    images, objects = len(boxes.images), best.truths
+    print(f"chosen conf {best.conf:g}: box recall {best.recall:.3f}, precision {_number(best.precision)}, "
+          f"F1 {best.f1:.3f}; decided by {images} images with {objects} ground-truth boxes "
+          f"({best.matched} found at this threshold)")
+    warning = sample_warning(images, objects)
+    if warning:
+        log.warning("%s", warning)
+    if best.matched == 0:
+        log.warning("no threshold finds a single one of the %d ground-truth boxes: the detector's boxes "
+                    "(%s) miss every object, so any threshold gives the teacher no right prompt. Train the "
+                    "detector again (more epochs or labelled images, a smaller --batch; see detection.py "
+                    "train's warning), then predict these images again. %s", objects, args.boxes,
+                    "Writing the lowest candidate anyway (--accept-weak-detector)" if args.accept_weak_detector
+                    else "Nothing written; pass --accept-weak-detector to write the lowest candidate")
+        if not args.accept_weak_detector:
+            return WEAK_EXIT
+        best = points[0]
     if args.out:
         write_text_atomic(args.out, f"{best.conf:g}\n")
     return 0
+
+
+def _number(value: float) -> str:
+    return "-" if value != value else f"{value:.3f}"  # NaN: nothing kept

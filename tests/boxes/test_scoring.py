@@ -9,11 +9,15 @@ import pytest
 
 from medistill.boxes import Box, BoxesFile, ImageBoxes
 from medistill.boxes.scoring import (
+    DEFAULT_CONFIDENCES,
+    MIN_BOXES,
+    MIN_IMAGES,
     best_point,
     choose_confidence,
     confidence_curve,
     format_curve,
     match_by_stem,
+    sample_warning,
     truth_boxes,
 )
 from medistill.errors import MedistillError
@@ -73,12 +77,24 @@ def test_confidence_curve_by_hand():
     assert "* 0.35" in format_curve(points, chosen=0.35)
 
 
-def test_ties_go_to_the_lowest_threshold_and_no_box_gives_f1_zero():
+def test_ties_go_to_the_middle_of_the_flat_range_and_no_box_gives_f1_zero():
     found = boxes_file({"a": [Box(0, 0, 8, 8, score=0.9)], "b": [], "c": []})
     points = confidence_curve(found, TRUTH, candidates=(0.1, 0.5, 0.95))
     assert [p.f1 for p in points] == pytest.approx([0.5, 0.5, 0.0])
-    assert best_point(points).conf == 0.1
+    assert best_point(points).conf == 0.1  # two equals: the lower middle
     assert math.isnan(points[2].precision)  # nothing kept
+    # the case: F1 1.0 from 0.05 to 0.75 (one sure box) -> the middle, 0.4, not 0.05
+    sure = boxes_file({"a": [Box(0, 0, 8, 8, score=0.8)]})
+    flat = confidence_curve(sure, {"a": [Box(0, 0, 8, 8)]}, candidates=DEFAULT_CONFIDENCES)
+    assert [p.conf for p in flat if p.f1 == 1.0] == [c for c in DEFAULT_CONFIDENCES if c <= 0.8]
+    assert best_point(flat).conf == 0.4
+
+
+def test_small_samples_are_named_in_a_warning():
+    assert sample_warning(MIN_IMAGES, MIN_BOXES) is None
+    text = sample_warning(2, 4)
+    assert "2 image(s) with 4 ground-truth box(es)" in text and "--split" in text
+    assert sample_warning(50, MIN_BOXES - 1) is not None
 
 
 def test_threshold_checks():

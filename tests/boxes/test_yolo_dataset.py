@@ -221,3 +221,25 @@ def test_top_level_script(two_blob_set: Path, tmp_path: Path):
                            capture_output=True, text=True, cwd=REPO)
     assert again.returncode == 2 and "--overwrite" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_an_empty_val_split_names_group_pattern(tmp_path: Path, pair_writer, caplog):
+    """Slices of one case, <case>_z###: one group, so val stays empty; the warning names the fix."""
+    import logging
+
+    logging.getLogger("medistill").addHandler(caplog.handler)  # main() turns propagation off
+    root = tmp_path / "slices"
+    for z in range(6):
+        mask = np.zeros((8, 8), np.uint8)
+        mask[2:5, 2:5] = 255
+        pair_writer(root, f"brain_z{z:03d}", np.full((8, 8), 40 + z), mask)
+    argv = ["yolodata", "--data", str(root), "--split", "0.8", "0.2", "0"]
+    try:
+        assert main(argv + ["--out", str(tmp_path / "grouped")]) == 0
+    finally:
+        logging.getLogger("medistill").removeHandler(caplog.handler)
+    assert "val split is empty" in caplog.text and "1 group(s) (brain)" in caplog.text
+    assert "--group-pattern ''" in caplog.text
+    assert not list((tmp_path / "grouped" / "images" / "val").glob("*.png"))
+    assert main(argv + ["--group-pattern", "", "--out", str(tmp_path / "single")]) == 0
+    assert len(list((tmp_path / "single" / "images" / "val").glob("*.png"))) == 1

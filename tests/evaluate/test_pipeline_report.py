@@ -213,3 +213,28 @@ def test_report_command_table_and_conf(tmp_path, capsys):
     assert (tmp_path / "conf.txt").read_text() == "0.65\n"
     with pytest.raises(MedistillError, match="nothing to report"):
         run_report(["table", "--mask_dir", str(masks)])
+
+
+def test_report_conf_names_its_sample_and_refuses_a_detector_that_finds_nothing(tmp_path, capsys, caplog):
+    import logging
+
+    masks = write_masks(tmp_path / "masks")
+    boxes = tmp_path / "boxes.json"
+    write_boxes(boxes, detector_boxes())
+    logging.getLogger("medistill").addHandler(caplog.handler)
+    try:
+        assert run_report(["conf", "--mask_dir", str(masks), "--boxes", str(boxes), "--candidates", "0.3", "0.65"]) == 0
+        assert "decided by 3 images with 3 ground-truth boxes" in capsys.readouterr().out
+        assert "only 3 image(s) with 3 ground-truth box(es)" in caplog.text  # below the minimum
+        caplog.clear()
+        wrong = BoxesFile(["lesion"], [ImageBoxes(f"{s}.png", s, 16, 16, [Box(12, 12, 16, 16, score=0.9)])
+                                       for s in MASKS], {"kind": "detector", "conf": 0.05})
+        write_boxes(boxes, wrong)
+        conf = tmp_path / "conf.txt"
+        argv = ["conf", "--mask_dir", str(masks), "--boxes", str(boxes), "--out", str(conf)]
+        assert run_report(argv) == report_command.WEAK_EXIT and not conf.exists()
+        assert "miss every object" in caplog.text and "--accept-weak-detector" in caplog.text
+        assert run_report(argv + ["--accept-weak-detector"]) == 0
+        assert conf.read_text() == "0.05\n"
+    finally:
+        logging.getLogger("medistill").removeHandler(caplog.handler)
