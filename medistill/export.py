@@ -9,6 +9,10 @@ Example::
 
     predictor = load_predictor("runs/supervised")     # or model.keras / saved_model/
     prob = predictor.predict(image)                    # (H, W) or (H, W, K), original size
+
+Importing this module does not import TensorFlow (the model card and :class:`Predictor`
+serve the TensorFlow-free runtimes of :mod:`medistill.predict` too); saving and loading
+Keras models import it when called.
 """
 
 from __future__ import annotations
@@ -17,11 +21,9 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from medistill.data.preprocess import Geometry, PreprocessConfig, preprocess_image, restore
 from medistill.errors import CheckpointError
@@ -33,6 +35,9 @@ CARD_NAME = "preprocessing.json"
 # A run folder's Keras file: supervised runs write model.keras, MedDistill student.keras.
 KERAS_NAMES = ("model.keras", "student.keras")
 ASSET_CARD_NAME = "medistill_preprocessing.json"
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclass
@@ -68,6 +73,8 @@ def default_class_names(num_classes: int) -> list[str]:
 def save_model_artifacts(model: keras.Model, run_dir: str | Path, card: ModelCard,
                          keras_name: str = "model.keras") -> None:
     """Write ``keras_name`` (``model.keras``), ``saved_model/`` and ``preprocessing.json`` atomically."""
+    import tensorflow as tf
+
     if keras_name not in KERAS_NAMES:
         raise ValueError(f"keras_name must be one of {KERAS_NAMES}, got {keras_name!r}")
     run_dir = Path(run_dir)
@@ -83,7 +90,8 @@ def save_model_artifacts(model: keras.Model, run_dir: str | Path, card: ModelCar
         write_json_atomic(tmp / "assets" / ASSET_CARD_NAME, card.to_dict())
 
 
-def _find_card(path: Path) -> Path:
+def find_card(path: Path) -> Path:
+    """The model card of a run folder, SavedModel, ``.keras`` or exported file (beside it)."""
     candidates = [
         path / CARD_NAME,
         path / "assets" / ASSET_CARD_NAME,
@@ -99,8 +107,22 @@ def _find_card(path: Path) -> Path:
     )
 
 
+def read_card(path: str | Path) -> ModelCard:
+    """The :class:`ModelCard` that belongs to ``path`` (see :func:`find_card`)."""
+    card_path = find_card(Path(path))
+    try:
+        return ModelCard.from_dict(json.loads(card_path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{card_path} is damaged ({error}); re-export the model") from error
+
+
 class Predictor:
-    """A model plus its recorded preprocessing; predicts at the original resolution."""
+    """A model plus its recorded preprocessing; predicts at the original resolution.
+
+    ``forward`` maps a float32 numpy batch ``(B, S, S, C)`` to logits ``(B, S, S, K)``
+    (any array-like); it is a Keras model here, an ONNX/OpenVINO/LiteRT runtime in
+    :mod:`medistill.predict.backends`.
+    """
 
     def __init__(self, forward, card: ModelCard, source: Path) -> None:
         self._forward = forward
@@ -108,7 +130,11 @@ class Predictor:
         self.source = source
 
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._forward(tf.constant(batch, tf.float32)))
+        return np.asarray(self._forward(np.asarray(batch, np.float32)))
+
+    def network_probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities at the network's size for a preprocessed batch ``(B, S, S, C)``."""
+        return self.probabilities(self.predict_logits(batch))
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Logits ``(..., C)`` → probabilities: ``(...)`` sigmoid or ``(..., K)`` softmax."""
@@ -123,12 +149,15 @@ class Predictor:
         return self.predict_batch([x], [geometry])[0]
 
     def predict_batch(self, xs: list[np.ndarray], geometries: list[Geometry]) -> list[np.ndarray]:
-        probs = self.probabilities(self.predict_logits(np.stack(xs)))
+        probs = self.network_probabilities(np.stack(xs))
         return [restore(p, g) for p, g in zip(probs, geometries)]
 
     def labels(self, prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-        """Hard labels: probability > threshold (binary) or the arg-max class."""
-        if prob.ndim == 2:
+        """Hard labels: probability > threshold (binary) or the arg-max class (last axis).
+
+        Any leading shape: one image ``(H, W[, K])`` or a stack of slices ``(Z, H, W[, K])``.
+        """
+        if self.card.num_classes == 2:
             return (prob > threshold).astype(np.int32)
         return np.argmax(prob, axis=-1).astype(np.int32)
 
@@ -138,11 +167,7 @@ def load_predictor(path: str | Path) -> Predictor:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"model not found: {path} (give a run folder, a .keras file or a SavedModel folder)")
-    card_path = _find_card(path)
-    try:
-        card = ModelCard.from_dict(json.loads(card_path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{card_path} is damaged ({error}); re-export the model") from error
+    card = read_card(path)
     for name in KERAS_NAMES if path.is_dir() else ():
         if (path / name).is_file():
             if (path / "saved_model").is_dir():
@@ -160,7 +185,24 @@ def load_predictor(path: str | Path) -> Predictor:
     raise CheckpointError(f"{path} is neither a run folder, a .keras file nor a SavedModel folder")
 
 
-def _load_keras(path: Path):
+def keras_file(path: str | Path) -> Path:
+    """The Keras file of a run folder (``model.keras`` / ``student.keras``) or ``path`` itself."""
+    path = Path(path)
+    if path.is_dir():
+        for name in KERAS_NAMES:
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path} holds no {' or '.join(KERAS_NAMES)}: it is not a finished medistill "
+                              "run folder (train the model first, or give the .keras file)")
+    if path.suffix == ".keras" and path.is_file():
+        return path
+    raise CheckpointError(f"{path} is neither a run folder nor a .keras file")
+
+
+def load_keras_model(path: Path) -> keras.Model:
+    """A ``.keras`` file loaded in Keras' safe mode (a Lambda layer's code is refused, not run)."""
+    import keras
+
     import medistill.networks  # noqa: F401  (registers the custom layers)
 
     try:
@@ -174,10 +216,20 @@ def _load_keras(path: Path):
                 "trust enough to load yourself with safe_mode=False.") from error
         raise CheckpointError(f"cannot load {path}: {error}. The file is damaged or not a Keras model; "
                               "re-export it from its run folder.") from error
-    return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return model
+
+
+def _load_keras(path: Path):
+    import tensorflow as tf
+
+    model = load_keras_model(path)
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return lambda batch: forward(tf.constant(batch, tf.float32))
 
 
 def _load_saved_model(path: Path):
+    import tensorflow as tf
+
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as error:
@@ -186,6 +238,6 @@ def _load_saved_model(path: Path):
         raise CheckpointError(f"SavedModel {path} has no 'serve' endpoint; export it with medistill")
 
     def serve(x):
-        return loaded.serve(x)  # the closure keeps `loaded`, and so its variables, alive
+        return loaded.serve(tf.constant(x, tf.float32))  # the closure keeps `loaded`, and so its variables, alive
 
     return serve

@@ -16,6 +16,7 @@ LAYERS = [
     {"data"},
     {"networks", "losses", "boxes"},
     {"export", "teachers"},
+    {"predict"},
     {"evaluate"},
     {"train"},
     {"distill"},

@@ -21,13 +21,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from medistill.data import load_sample, pair_folder, validate_samples, write_mask_png
-from medistill.data.preprocess import preprocess_image
 from medistill.errors import DataProblem, MedistillError
 from medistill.evaluate.metrics import binary_metrics, multiclass_metrics
 from medistill.evaluate.report import MetricTable, format_summary_table, write_report
 from medistill.evaluate.visualise import plot_metric_distribution, save_panel
 from medistill.export import Predictor, load_predictor
 from medistill.fileio import write_json_atomic
+from medistill.predict.engine import png_mask_values, predict_probabilities
 
 log = logging.getLogger("medistill.evaluate")
 
@@ -214,11 +214,10 @@ def _run(config: EvalConfig, predictor: Predictor, samples: list, staging: _Stag
     for start in range(0, len(samples), config.batch):
         chunk = samples[start:start + config.batch]
         loaded = [load_sample(s, mask_mode=config.mask_mode) for s in chunk]
-        prepared = [preprocess_image(image, predictor.card.preprocess) for image, _ in loaded]
-        probs = predictor.predict_batch([x for x, _ in prepared], [g for _, g in prepared])
+        probs = predict_probabilities(predictor, [image for image, _ in loaded], batch=config.batch)
         for sample, (image, truth), prob in zip(chunk, loaded, probs):
             labels = predictor.labels(prob, config.threshold)
-            write_mask_png(pred_dir / f"{sample.stem}.png", _as_png_labels(labels, predictor))
+            write_mask_png(pred_dir / f"{sample.stem}.png", png_mask_values(labels, predictor.card.num_classes))
             if truth is not None:
                 table.add(sample.stem, _metrics(predictor, labels, truth))
             if vis_dir is not None and shown < config.num_vis:
@@ -240,10 +239,3 @@ def _run(config: EvalConfig, predictor: Predictor, samples: list, staging: _Stag
     if vis_dir is not None:
         plot_metric_distribution(frame, "dice", path=vis_dir / DISTRIBUTION_NAME)
     return summary
-
-
-def _as_png_labels(labels: np.ndarray, predictor: Predictor) -> np.ndarray:
-    """Binary predictions are saved as 0/255 (viewable), label maps as their labels."""
-    if predictor.card.num_classes == 2:
-        return (labels > 0).astype(np.uint8) * 255
-    return labels.astype(np.uint8)
