@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from medistill.boxes.boxes_file import Box, BoxesFile, ImageBoxes
 from medistill.boxes.components import class_names_for, mask_to_boxes
 from medistill.data import Sample, load_sample, pair_folder, validate_samples
+from medistill.data.mask_layout import class_names_of
 from medistill.data.samples import load_sample_mask
 from medistill.errors import DataProblem, MedistillError
 
@@ -60,15 +61,20 @@ def boxes_from_masks(
     seed: int = 0,
     class_names: list[str] | None = None,
     skip_bad: bool = False,
+    mask_pattern: str | None = None,
 ) -> BoxesFile:
     """A :class:`BoxesFile` of ground-truth boxes (score 1.0) for every mask.
 
     With ``image_dir`` the masks are paired with their images and the entries name
     the image files; without it they name the mask files (the stems are the same).
+    ``mask_pattern`` (with ``image_dir``) merges several mask files per image
+    (:mod:`medistill.data.mask_layout`); its class names are the default names.
     """
     if not 0.0 <= jitter < 1.0:
         raise MedistillError(f"--jitter is a fraction of the box size in [0, 1), got {jitter}")
-    samples = _mask_samples(mask_dir, image_dir, mask_suffix, mask_mode, skip_bad)
+    if mask_pattern and image_dir is None:
+        raise MedistillError("--mask-pattern needs --image_dir (the pattern finds each image's masks)")
+    samples = _mask_samples(mask_dir, image_dir, mask_suffix, mask_mode, skip_bad, mask_pattern)
     rng = np.random.default_rng(seed)
     entries = []
     for sample in tqdm(samples, desc="boxes from masks", unit="mask"):
@@ -81,15 +87,16 @@ def boxes_from_masks(
     num_classes = max((b.class_id for e in entries for b in e.boxes), default=0) + 1
     source = {"kind": "masks", "mask_dir": str(mask_dir), "min_area": min_area,
               "one_box": one_box, "jitter": jitter, "seed": seed}
+    class_names = class_names or class_names_of([sample.mask_parts for sample in samples]) or None
     return BoxesFile(class_names=class_names_for(class_names, num_classes), images=entries,
                      source=source)
 
 
-def _mask_samples(mask_dir, image_dir, mask_suffix, mask_mode, skip_bad) -> list[Sample]:
+def _mask_samples(mask_dir, image_dir, mask_suffix, mask_mode, skip_bad, mask_pattern=None) -> list[Sample]:
     problems: list[DataProblem] = []
     if image_dir is not None:
         samples = pair_folder(image_dir, mask_dir, mask_suffix=mask_suffix, mask_mode=mask_mode,
-                              problems=problems)
+                              problems=problems, mask_pattern=mask_pattern)
     else:
         # The mask files are listed as if they were images, then read as masks.
         listed = pair_folder(mask_dir, problems=problems)

@@ -48,6 +48,7 @@ from medistill.data import (
     validate_samples,
     write_image_png,
 )
+from medistill.data.mask_layout import class_names_of
 from medistill.errors import DataError, DataProblem, MedistillError
 from medistill.fileio import write_json_atomic, write_text_atomic
 
@@ -73,6 +74,7 @@ class YoloDataConfig:
     class_names: list[str] | None = None
     mask_suffix: str = ""
     mask_mode: str = "auto"
+    mask_pattern: str | None = None
     group_pattern: str = DEFAULT_GROUP_PATTERN
     drop_empty_slices: bool = False
     skip_bad: bool = False
@@ -259,7 +261,8 @@ def build_yolo_dataset(config: YoloDataConfig) -> YoloSetSummary:
     _refuse_overlap(out, inputs)
     splits = _read_splits(config)
     prepare_yolo_folder(out, config.overwrite)
-    summary = write_yolo_dataset(splits, out, class_names=config.class_names,
+    found_names = class_names_of([s.mask_parts for split in splits.values() for s in split])
+    summary = write_yolo_dataset(splits, out, class_names=config.class_names or found_names or None,
                                  min_area=config.min_area, one_box=config.one_box,
                                  mask_mode=config.mask_mode)
     record = {"medistill": "yolodata", "settings": asdict(config), "summary": summary.to_dict(),
@@ -315,7 +318,8 @@ def _checked_samples(images: Path, masks: Path, config: YoloDataConfig) -> list[
     problems: list[DataProblem] = []
     samples = pair_folder(images, masks, mask_suffix=config.mask_suffix,
                           keep_empty_slices=not config.drop_empty_slices,
-                          mask_mode=config.mask_mode, problems=problems)
+                          mask_mode=config.mask_mode, problems=problems,
+                          mask_pattern=config.mask_pattern)
     return validate_samples(samples, skip_bad=config.skip_bad, mask_mode=config.mask_mode,
                             problems=problems)
 

@@ -11,6 +11,7 @@ import logging
 
 import yaml
 
+from medistill.cli.options import add_mask_options
 from medistill.errors import MedistillError
 
 log = logging.getLogger("medistill.boxes")
@@ -83,8 +84,7 @@ def _boxes_from_masks_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-area", type=int, default=1, help="drop components below this many pixels")
     parser.add_argument("--one-box", action="store_true", help="one box per class around all foreground")
     parser.add_argument("--class-names", nargs="+", metavar="NAME", help="names of label values 1, 2, ...")
-    parser.add_argument("--mask-suffix", default="", help="mask stem = image stem + this (needs --image_dir)")
-    parser.add_argument("--mask-mode", default="auto", choices=("auto", "binary", "labels"))
+    add_mask_options(parser)
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable files with a warning")
 
 
@@ -171,7 +171,7 @@ def _boxes_from_masks(args: argparse.Namespace) -> int:
     boxes = boxes_from_masks(args.mask_dir, image_dir=args.image_dir, mask_suffix=args.mask_suffix,
                              mask_mode=args.mask_mode, min_area=args.min_area, one_box=args.one_box,
                              jitter=args.jitter, seed=args.seed, class_names=args.class_names,
-                             skip_bad=args.skip_bad)
+                             skip_bad=args.skip_bad, mask_pattern=args.mask_pattern)
     write_boxes(args.out, boxes)
     empty = sum(1 for entry in boxes.images if not entry.boxes)
     print(f"{boxes.num_boxes} boxes in {len(boxes.images)} images ({empty} without a box): {args.out}")

@@ -86,3 +86,14 @@ class HelpParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
+
+
+def add_mask_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--mask-suffix``, ``--mask-pattern`` and ``--mask-mode``: how masks pair with images and are read."""
+    from medistill.data.mask_layout import PATTERN_HELP
+
+    parser.add_argument("--mask-suffix", default="", help="mask file stem = image stem + this (e.g. _mask)")
+    parser.add_argument("--mask-pattern", help=PATTERN_HELP + "; not with --mask-suffix")
+    parser.add_argument("--mask-mode", default="auto", choices=("auto", "binary", "labels"),
+                        help="how a mask file's values are read (docs/DESIGN.md, mask reading rule; "
+                        "files of --mask-pattern are always binary)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from medistill.cli.options import add_mask_options
 from medistill.errors import MedistillError
 
 log = logging.getLogger("medistill.boxes")
@@ -34,8 +35,7 @@ def _mask_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask_dir", "--mask-dir", required=True, help="ground-truth masks, named by image stem")
     parser.add_argument("--image_dir", "--image-dir",
                         help="the images (optional; needed with --mask-suffix)")
-    parser.add_argument("--mask-suffix", default="", help="mask stem = image stem + this (needs --image_dir)")
-    parser.add_argument("--mask-mode", default="auto", choices=("auto", "binary", "labels"))
+    add_mask_options(parser)
     parser.add_argument("--min-area", type=int, default=1,
                         help="ground-truth boxes: drop components smaller than this (as Creat_yolodata.py)")
 
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 def _masks(args: argparse.Namespace):
     from medistill.evaluate.pipeline_report import load_masks
 
-    return load_masks(args.mask_dir, args.image_dir, args.mask_suffix, args.mask_mode)
+    return load_masks(args.mask_dir, args.image_dir, args.mask_suffix, args.mask_mode, args.mask_pattern)
 
 
 def _table(args: argparse.Namespace) -> int:

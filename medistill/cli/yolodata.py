@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from medistill.boxes.yolo_dataset import DEFAULT_FRACTIONS, DEFAULT_GROUP_PATTERN
+from medistill.cli.options import add_mask_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,8 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "volume); '' turns it off: every file is its own group")
     parser.add_argument("--drop-empty-slices", action="store_true",
                         help="leave out NIfTI slices whose mask is empty (default: keep them as negatives)")
-    parser.add_argument("--mask-suffix", default="", help="mask file stem = image stem + this (e.g. _mask)")
-    parser.add_argument("--mask-mode", default="auto", choices=("auto", "binary", "labels"))
+    add_mask_options(parser)
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable or mismatched files with a warning")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the YOLO set in a non-empty --out")
@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out, image_dir=args.image_dir, mask_dir=args.mask_dir, data=args.data,
         split=tuple(args.split), seed=args.seed, min_area=args.min_area, one_box=args.one_box,
         class_names=args.class_names, mask_suffix=args.mask_suffix, mask_mode=args.mask_mode,
+        mask_pattern=args.mask_pattern,
         group_pattern=args.group_pattern, drop_empty_slices=args.drop_empty_slices,
         skip_bad=args.skip_bad, overwrite=args.overwrite,
     )

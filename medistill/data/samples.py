@@ -11,6 +11,9 @@
   out and pairing goes on, so :func:`medistill.data.validation.validate_samples` can
   report them together with the problems it finds when reading the files.
 * Missing or empty folders always raise ``DataError`` at once.
+* With ``mask_pattern`` (:mod:`medistill.data.mask_layout`) an image may have several
+  mask files, one per structure; they are listed in ``Sample.mask_parts`` and merged
+  into one label map when the mask is loaded (``mask_path`` is the first of them).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from medistill.data.io import (
     volume_shape,
     volume_slice,
 )
+from medistill.data.mask_layout import MaskPart, MaskPattern, merge_mask_parts
 from medistill.errors import DataError, DataProblem, problems_error
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
@@ -51,6 +55,7 @@ class Sample:
     mask_path: Path | None = None
     slice_index: int | None = None
     slice_axis: int = 2
+    mask_parts: tuple[MaskPart, ...] = ()  # several mask files (a mask pattern), merged on loading
 
     def describe(self) -> str:
         """The image file, with the slice for volume samples (for messages)."""
@@ -97,6 +102,9 @@ def load_mask_and_values(
     """
     if sample.mask_path is None:
         raise DataError(f"{sample.describe()} has no mask (give a mask folder)")
+    if sample.mask_parts:
+        merged = merge_mask_parts(sample.mask_parts)
+        return merged, merged
     if sample.slice_index is None:
         values = read_mask_values(sample.mask_path)
         return values, mask_from_values(values, mask_mode, max_label, sample.mask_path)
@@ -126,25 +134,37 @@ def pair_folder(
     mask_mode: str = "auto",
     max_label: int = DEFAULT_MAX_LABEL,
     problems: list[DataProblem] | None = None,
+    mask_pattern: str | None = None,
 ) -> list[Sample]:
     """Pair images with masks by stem; samples sorted by stem.
 
     ``keep_empty_slices=False`` drops volume slices whose mask slice is all
-    background. See the module docstring for how problems are reported.
+    background. ``mask_pattern`` finds several mask files per image
+    (:mod:`medistill.data.mask_layout`; not with ``mask_suffix``). See the module
+    docstring for how problems are reported.
     """
     if nifti_axis not in (0, 1, 2):
         raise DataError(f"nifti_axis must be 0, 1 or 2, got {nifti_axis}")
     image_dir = _existing_folder(image_dir, "image")
     found: list[DataProblem] = []
+    parts: dict[str, tuple[MaskPart, ...]] = {}
+    if mask_pattern and mask_suffix:
+        raise DataError("give either a mask suffix or a mask pattern, not both")
     if mask_dir is None:
         images = _index_files(_image_files(image_dir, None, mask_suffix), "", found)
         pairs = {stem: (path, None) for stem, path in images.items()}
+    elif mask_pattern:
+        mask_dir = _existing_folder(mask_dir, "mask")
+        pairs, parts = _pair_with_pattern(image_dir, mask_dir, MaskPattern(mask_pattern), found)
     else:
         mask_dir = _existing_folder(mask_dir, "mask")
         pairs = _pair_with_masks(image_dir, mask_dir, mask_suffix, found)
     samples: list[Sample] = []
     for stem in sorted(pairs):
         image_path, mask_path = pairs[stem]
+        if stem in parts:
+            samples.append(Sample(stem, image_path, mask_path, mask_parts=parts[stem]))
+            continue
         samples.extend(_expand(stem, image_path, mask_path, nifti_axis, keep_empty_slices,
                                mask_mode, max_label, found))
     samples = _drop_duplicate_stems(samples, found)
@@ -185,6 +205,32 @@ def _pair_with_masks(
                                      f"expected an image named {stem}.* in {image_dir}, "
                                      "or remove the mask"))
     return pairs
+
+
+def _pair_with_pattern(
+    image_dir: Path, mask_dir: Path, pattern: MaskPattern, found: list[DataProblem]
+) -> tuple[dict[str, tuple[Path, Path | None]], dict[str, tuple[MaskPart, ...]]]:
+    """Pairs and mask parts of 2-D images whose masks a pattern names (several files each)."""
+    if image_dir.resolve() == mask_dir.resolve():
+        raise DataError(f"images and masks are both in {image_dir}: a mask pattern needs a mask folder "
+                        "of its own")
+    images = _index_files(_image_files(image_dir, None, ""), "", found)
+    parts = pattern.index(mask_dir, images.keys(), found)
+    if not parts:
+        raise DataError(f"no file in {mask_dir} matches the mask pattern {pattern.text!r} for any image "
+                        f"of {image_dir} (first image: {next(iter(sorted(images)), '-')!r}); check the "
+                        "pattern against a mask file name")
+    pairs: dict[str, tuple[Path, Path | None]] = {}
+    for stem, image_path in images.items():
+        if is_volume_file(image_path):
+            found.append(DataProblem(image_path, "a mask pattern pairs 2-D images only",
+                                     "export the volume as slices, or give label volumes without a pattern"))
+        elif stem not in parts:
+            found.append(DataProblem(image_path, "no mask for this image",
+                                     f"expected files matching {pattern.text!r} in {mask_dir}"))
+        else:
+            pairs[stem] = (image_path, parts[stem][0].path)
+    return pairs, parts
 
 
 def _image_files(image_dir: Path, mask_dir: Path | None, mask_suffix: str) -> list[Path]:

@@ -88,7 +88,7 @@ def _value_problems(
 ) -> list[DataProblem]:
     """Masks whose values suggest a photograph, an unseen encoding or too many labels."""
     problems = []
-    if mask.size and mask.max() > max_label:
+    if mask.size and mask.max() > max_label and not sample.mask_parts:  # pattern labels are class numbers
         problems.append(DataProblem(
             sample.mask_path, f"{where}label values up to {mask.max()} exceed "
             f"max_label={max_label}", "save a binary mask (0 and 255) or renumber the labels"))

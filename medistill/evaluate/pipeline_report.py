@@ -67,20 +67,24 @@ class ReportRow:
 
 
 def load_masks(mask_dir: str | os.PathLike, image_dir: str | os.PathLike | None = None,
-               mask_suffix: str = "", mask_mode: str = "auto") -> dict[str, np.ndarray]:
+               mask_suffix: str = "", mask_mode: str = "auto",
+               mask_pattern: str | None = None) -> dict[str, np.ndarray]:
     """``{stem: mask}`` of the ground truth, mask rule of :func:`medistill.data.io.read_mask`.
 
     With ``image_dir`` the masks are paired with their images (``mask_suffix`` then
-    applies); without it every file of ``mask_dir`` is a mask named by its stem.
+    applies, and ``mask_pattern`` merges several files per image); without it every file
+    of ``mask_dir`` is a mask named by its stem.
     """
     from medistill.data import pair_folder
     from medistill.data.samples import load_sample_mask
 
     if image_dir is not None:
-        samples = pair_folder(image_dir, mask_dir, mask_suffix=mask_suffix, mask_mode=mask_mode)
+        samples = pair_folder(image_dir, mask_dir, mask_suffix=mask_suffix, mask_mode=mask_mode,
+                              mask_pattern=mask_pattern)
     else:
-        if mask_suffix:
-            raise MedistillError("--mask-suffix needs --image_dir (it says how masks pair with images)")
+        if mask_suffix or mask_pattern:
+            raise MedistillError("--mask-suffix and --mask-pattern need --image_dir (they say how masks "
+                                 "pair with images)")
         samples = [replace(s, mask_path=s.image_path) for s in pair_folder(mask_dir)]
     if not samples:
         raise MedistillError(f"{mask_dir}: no masks found; pass the folder of the test masks")

@@ -99,7 +99,7 @@ def test_load_masks_reads_stems_and_binary_values(tmp_path):
     masks = pr.load_masks(write_masks(tmp_path / "masks"))
     assert sorted(masks) == ["a", "b", "c"]
     np.testing.assert_array_equal(masks["a"], MASKS["a"])  # {0, 255} read back as {0, 1}
-    with pytest.raises(MedistillError, match="needs --image_dir"):
+    with pytest.raises(MedistillError, match="need --image_dir"):
         pr.load_masks(tmp_path / "masks", mask_suffix="_mask")
 
 
