@@ -87,3 +87,19 @@ def class_names_for(given: list[str] | None, num_classes: int) -> list[str]:
     if num_classes <= 1:
         return ["foreground"]
     return [f"label_{k + 1}" for k in range(num_classes)]
+
+
+def boxes_to_mask(boxes: list[Box], height: int, width: int) -> np.ndarray:
+    """The boxes filled as one ``bool (H, W)`` mask: the pixels whose centres lie inside a box.
+
+    The box-as-mask baseline: what a segmentation adds over its prompt.
+
+    >>> boxes_to_mask([Box(1, 0, 3, 2)], 3, 4).astype(int).tolist()
+    [[0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
+    """
+    mask = np.zeros((height, width), bool)
+    for box in boxes:
+        x1, y1 = int(np.ceil(box.x1 - 0.5)), int(np.ceil(box.y1 - 0.5))
+        x2, y2 = int(np.floor(box.x2 - 0.5)) + 1, int(np.floor(box.y2 - 0.5)) + 1
+        mask[max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = True
+    return mask

@@ -90,17 +90,34 @@ def _table(args: argparse.Namespace) -> int:
         raise MedistillError("nothing to report: give --boxes, --teacher-cache, --student-eval "
                              "and/or --supervised-eval")
     masks = _masks(args)
-    rows = []
-    if args.boxes:
-        boxes = read_boxes(args.boxes)
-        rows.append(report.box_recall_row("detector boxes", boxes, masks, min_area=args.min_area))
+    rows, tables = [], {}
+    boxes = read_boxes(args.boxes) if args.boxes else None
+    which = report.boxes_name(boxes) if boxes is not None else "detector boxes"
+    labels = report.foreground_labels(masks)
+    names = boxes.class_names if boxes is not None else []
+
+    def add(step: str, table_of) -> None:
+        """A Dice row from per-image tables, and one per class for label masks."""
+        tables[step] = table_of(None)
+        rows.append(report.summary_row(step, tables[step].summary()))
+        for label in labels:
+            per_class = f"{step}, class {report.class_name(names, label)}"
+            tables[per_class] = table_of(label)
+            rows.append(report.summary_row(per_class, tables[per_class].summary()))
+
+    if boxes is not None:
+        rows.append(report.box_recall_row(which, boxes, masks, min_area=args.min_area))
+        add(f"{which} as masks (no segmentation)", lambda label: report.box_mask_table(boxes, masks, label))
     if args.teacher_cache:
-        rows.append(report.teacher_row(f"teacher ({_teacher_name(args.teacher_cache)}) on detector boxes",
-                                       args.teacher_cache, masks, args.threshold))
-    if args.student_eval:
-        rows.append(report.evaluation_row("distilled student (no masks)", args.student_eval))
-    if args.supervised_eval:
-        rows.append(report.evaluation_row("supervised student (upper bound)", args.supervised_eval))
+        add(f"teacher ({_teacher_name(args.teacher_cache)}) on {which}",
+            lambda label: report.teacher_table(args.teacher_cache, masks, args.threshold, label))
+    for step, path in (("distilled student (no masks)", args.student_eval),
+                       ("supervised student (upper bound)", args.supervised_eval)):
+        if path:
+            rows.append(report.evaluation_row(step, path))
+            table = report.eval_image_table(path)
+            if table is not None:
+                tables[step] = table
     times = report.read_step_times(args.timings) if args.timings else []
     print(f"\nPipeline on {len(masks)} held-out images with ground truth:\n")
     print(report.format_text(rows))
@@ -108,8 +125,8 @@ def _table(args: argparse.Namespace) -> int:
         print("\nStep wall times:\n")
         print(report.format_timings(times))
     if args.out:
-        paths = report.write_outputs(rows, args.out, times)
-        print(f"\nreport: {paths['md']} (also .csv, .json)")
+        paths = report.write_outputs(rows, args.out, times, report.image_table(tables))
+        print(f"\nreport: {paths['md']} (also .csv, .json); per image: {paths.get('images', '-')}")
     return 0
 
 

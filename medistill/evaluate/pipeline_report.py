@@ -9,8 +9,19 @@ images, computed from the files that stage left behind:
 - **teacher**: Dice of the teacher's cached fused soft mask (``medistill teach``,
   pixel-wise max over the detector's boxes) thresholded at 0.5, against the mask's
   foreground; an image without a box has an empty teacher mask;
+- **box as mask**: Dice of the boxes themselves, filled (the pixels whose centres lie
+  inside a box): the baseline a segmentation must beat (on large, compact targets
+  such as a brain the box alone is often close);
 - **students**: the Dice summary that ``predict_eval.py`` wrote (``metrics.json``) for
   the distilled student and for the supervised upper bound.
+
+Rows name their boxes "ground-truth boxes" when the boxes file was made from masks
+(``source.kind == "masks"``) and "detector boxes" otherwise. With label masks (more
+than one foreground class) the box-as-mask and teacher rows are followed by one Dice
+row per class (a box of class ``k`` against the mask's label ``k + 1``; the teacher's
+per-class mask is the maximum over its boxes of that class), since a foreground-union
+Dice hides classes that are missed. :func:`image_table` joins the per-image Dice of
+every row into one table (``pipeline_report_images.csv``).
 
 Dice follows :func:`medistill.evaluate.metrics.binary_metrics` (an image where both
 masks are empty counts 1, a missed or false-positive image 0), so the teacher's row
@@ -41,13 +52,16 @@ from pathlib import Path
 import numpy as np
 
 from medistill.boxes.boxes_file import BoxesFile
+from medistill.boxes.components import boxes_to_mask
 from medistill.boxes.scoring import match_by_stem, truth_boxes
 from medistill.errors import MedistillError
-from medistill.evaluate.metrics import binary_metrics
+from medistill.evaluate.metrics import METRIC_NAMES, binary_metrics
 from medistill.evaluate.report import MetricTable, to_jsonable
 from medistill.fileio import write_json_atomic, write_text_atomic
 
 REPORT_NAME = "pipeline_report"
+IMAGES_NAME = "pipeline_report_images.csv"
+_OTHER_METRICS = tuple(name for name in METRIC_NAMES if name != "dice")
 
 
 @dataclass(frozen=True)
@@ -125,24 +139,63 @@ def box_recall_row(step: str, detected: BoxesFile, masks: Mapping[str, np.ndarra
                      "; ".join(details))
 
 
+def boxes_name(detected: BoxesFile) -> str:
+    """``"ground-truth boxes"`` for a boxes file made from masks, else ``"detector boxes"``."""
+    return "ground-truth boxes" if detected.source.get("kind") == "masks" else "detector boxes"
+
+
+def box_mask_table(detected: BoxesFile, masks: Mapping[str, np.ndarray], label: int | None = None) -> MetricTable:
+    """Per-image metrics of the filled boxes (of class ``label - 1`` only, with ``label``) against the masks."""
+    found = detected.by_stem()
+    table = MetricTable()
+    for stem in sorted(masks):
+        truth = masks[stem]
+        entry = found.get(stem)
+        if entry is None:
+            raise MedistillError(f"the boxes file has no entry for {stem!r}, an image with a mask; "
+                                 "predict boxes for every test image")
+        boxes = [box for box in entry.boxes if label is None or box.class_id == label - 1]
+        prediction = boxes_to_mask(boxes, *truth.shape)
+        table.add(stem, binary_metrics(prediction, truth > 0 if label is None else truth == label))
+    return table
+
+
+def foreground_labels(masks: Mapping[str, np.ndarray]) -> list[int]:
+    """The foreground labels of label masks; empty for binary masks (nothing per class to show)."""
+    labels = sorted({int(v) for mask in masks.values() for v in np.unique(mask) if v > 0})
+    return labels if len(labels) > 1 else []
+
+
+def class_name(names: Sequence[str], label: int) -> str:
+    return names[label - 1] if 0 < label <= len(names) else f"label {label}"
+
+
 # --------------------------------------------------------------------------- masks
 
 
 def teacher_table(cache_path: str | os.PathLike, masks: Mapping[str, np.ndarray],
-                  threshold: float = 0.5) -> MetricTable:
-    """Per-image metrics of the cached fused soft masks ``> threshold`` against the masks."""
+                  threshold: float = 0.5, label: int | None = None) -> MetricTable:
+    """Per-image metrics of the cached fused soft masks ``> threshold`` against the masks.
+
+    With ``label``: the maximum over the boxes of class ``label - 1`` against ``mask == label``.
+    """
     from medistill.teachers.cache import CacheReader
 
     table = MetricTable()
     path = Path(cache_path)
     with CacheReader(path) as cache:
         for stem in sorted(masks):
-            soft = cache.entry(stem, features=False).fused
-            truth = masks[stem]
+            entry = cache.entry(stem, features=False)
+            soft, truth = entry.fused, masks[stem]
             if soft.shape != truth.shape:
                 raise MedistillError(f"{path}: the teacher mask of {stem!r} is {soft.shape} but its ground "
                                      f"truth is {truth.shape}; was the cache made from other images?")
-            table.add(stem, binary_metrics(soft > threshold, truth > 0))
+            if label is None:
+                table.add(stem, binary_metrics(soft > threshold, truth > 0))
+                continue
+            chosen = np.flatnonzero(entry.box_classes == label - 1)
+            per_box = cache.masks(stem)[chosen] if len(chosen) else np.zeros((1, *soft.shape), np.float32)
+            table.add(stem, binary_metrics(per_box.max(axis=0) > threshold, truth == label))
     return table
 
 
@@ -150,6 +203,33 @@ def teacher_row(step: str, cache_path: str | os.PathLike, masks: Mapping[str, np
                 threshold: float = 0.5) -> ReportRow:
     """The teacher's row: Dice of its thresholded fused soft masks."""
     return summary_row(step, teacher_table(cache_path, masks, threshold).summary())
+
+
+def image_table(tables: Mapping[str, MetricTable]) -> "pd.DataFrame":
+    """One row per image, one ``<name> Dice`` column per table (outer join on the image)."""
+    import pandas as pd
+
+    joined = None
+    for name, table in tables.items():
+        frame = table.frame()[["image", "dice"]].rename(columns={"dice": f"{name} Dice"})
+        joined = frame if joined is None else joined.merge(frame, on="image", how="outer")
+    return joined if joined is not None else pd.DataFrame({"image": []})
+
+
+def eval_image_table(eval_path: str | os.PathLike) -> MetricTable | None:
+    """A student's per-image Dice from ``predict_eval.py``'s ``metrics.csv`` (images named by stem)."""
+    import pandas as pd
+
+    path = Path(eval_path)
+    csv_path = (path if path.is_dir() else path.parent) / "metrics.csv"
+    if not csv_path.is_file():
+        return None
+    frame = pd.read_csv(csv_path)
+    table = MetricTable()
+    for image, dice, case in zip(frame["image"], frame["dice"], frame["case"]):
+        table.add(Path(str(image)).stem.split(".")[0], {"case": case, "dice": dice,
+                                                         **{name: math.nan for name in _OTHER_METRICS}})
+    return table
 
 
 def evaluation_row(step: str, eval_path: str | os.PathLike) -> ReportRow:
@@ -223,11 +303,14 @@ def format_csv(rows: Sequence[ReportRow]) -> str:
 
 
 def write_outputs(rows: Sequence[ReportRow], out_dir: str | os.PathLike,
-                  timings: Sequence["StepTime"] = ()) -> dict[str, Path]:
-    """Write ``pipeline_report.{md,csv,json}`` into ``out_dir``; return their paths."""
+                  timings: Sequence["StepTime"] = (), images: "pd.DataFrame | None" = None) -> dict[str, Path]:
+    """Write ``pipeline_report.{md,csv,json}`` (and the per-image table ``images``) into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {kind: out_dir / f"{REPORT_NAME}.{kind}" for kind in ("md", "csv", "json")}
+    if images is not None and len(images):
+        paths["images"] = out_dir / IMAGES_NAME
+        write_text_atomic(paths["images"], images.to_csv(index=False, float_format="%.4f"))
     markdown = format_markdown(rows)
     if timings:
         markdown += "\n\n" + format_timings_markdown(timings)

@@ -204,8 +204,13 @@ def test_report_command_table_and_conf(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "on 3 held-out images" in printed and "teacher (litemedsam) on detector boxes" in printed
     table = pd.read_csv(tmp_path / "out" / "pipeline_report.csv")
-    assert list(table["metric"]) == ["box recall@IoU0.5", "Dice", "Dice", "Dice"]
-    assert list(table["mean"]) == pytest.approx([2 / 3, np.mean([2 / 3, 1, 1]), 0.6, 0.8])
+    assert list(table["metric"]) == ["box recall@IoU0.5", "Dice", "Dice", "Dice", "Dice"]
+    assert table["step"][1] == "detector boxes as masks (no segmentation)"
+    # filled boxes: a 16 of 32 pixels (Dice 2/3), b 32 pixels for 16 (2/3), c both empty (1)
+    assert list(table["mean"]) == pytest.approx([2 / 3, np.mean([2 / 3, 2 / 3, 1]), np.mean([2 / 3, 1, 1]), 0.6, 0.8])
+    images = pd.read_csv(tmp_path / "out" / "pipeline_report_images.csv").set_index("image")
+    assert list(images.loc[["a", "b", "c"], "teacher (litemedsam) on detector boxes Dice"]) == pytest.approx([2 / 3, 1, 1], abs=1e-4)
+    assert images.loc["0", "distilled student (no masks) Dice"] == pytest.approx(0.6)  # its metrics.csv, image 0.png
 
     assert run_report(["conf", "--mask_dir", str(masks), "--boxes", str(boxes), "--candidates", "0.3", "0.65",
                        "--out", str(tmp_path / "conf.txt")]) == 0
@@ -238,3 +243,24 @@ def test_report_conf_names_its_sample_and_refuses_a_detector_that_finds_nothing(
         assert conf.read_text() == "0.05\n"
     finally:
         logging.getLogger("medistill").removeHandler(caplog.handler)
+
+
+def test_label_masks_get_per_class_rows_and_ground_truth_boxes_are_named(tmp_path, capsys):
+    """Two organs: the union Dice looks fine while one organ is missed entirely."""
+    liver, kidney = square(0, 0, 8), square(10, 10, 4)
+    labels = {"a": liver + 2 * kidney, "b": liver + 2 * kidney}
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for stem, mask in labels.items():
+        write_mask_png(masks / f"{stem}.png", mask.astype(np.uint8))
+    entries = [ImageBoxes(f"{s}.png", s, 16, 16, [Box(0, 0, 8, 8, class_id=0), Box(10, 10, 14, 14, class_id=0)])
+               for s in labels]  # the kidney's box carries the liver's class: class 2 never predicted
+    boxes = tmp_path / "oracle.json"
+    write_boxes(boxes, BoxesFile(["liver", "kidney"], entries, {"kind": "masks"}))
+    assert run_report(["table", "--mask_dir", str(masks), "--boxes", str(boxes), "--out", str(tmp_path / "out")]) == 0
+    table = pd.read_csv(tmp_path / "out" / "pipeline_report.csv")
+    means = dict(zip(table["step"], table["mean"]))
+    assert means["ground-truth boxes as masks (no segmentation)"] == pytest.approx(1.0)
+    assert means["ground-truth boxes as masks (no segmentation), class liver"] == pytest.approx(128 / 144)
+    assert means["ground-truth boxes as masks (no segmentation), class kidney"] == pytest.approx(0.0)
+    assert "detector" not in " ".join(table["step"])
