@@ -41,6 +41,7 @@ MODULES = [
     "medistill.networks.summary",
     "medistill.networks.unet",
     "medistill.networks.unetpp",
+    "medistill.predict.postprocess",
 ]
 
 

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from medistill.data.preprocess import Geometry, preprocess_image, restore
+from medistill.errors import MedistillError
 from medistill.export import Predictor
 
 # Axes flipped in each test-time copy of one (S, S[, C]) image: none, left-right, up-down, both.
@@ -77,5 +78,5 @@ def png_mask_values(labels: np.ndarray, num_classes: int) -> np.ndarray:
     if num_classes == 2:
         return (labels > 0).astype(np.uint8) * 255
     if num_classes > 256:
-        raise ValueError(f"{num_classes} classes do not fit in an 8-bit mask PNG")
+        raise MedistillError(f"a model with {num_classes} classes cannot write 8-bit mask PNGs (at most 256)")
     return labels.astype(np.uint8)
