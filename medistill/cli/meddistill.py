@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from medistill.cli.options import json_object
+from medistill.cli.teach import add_runtime_arguments, use_runtime_from_args
 from medistill.distill.terms import DEFAULT_TERMS, TERM_NAMES, WEIGHTINGS
 from medistill.errors import MedistillError
 
@@ -47,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="down-weight or drop poor teacher masks by their quality records (default on)")
     data.add_argument("--live-teacher", action="store_true",
                       help="call the teacher at every training step instead of caching (benchmark mode)")
+    add_runtime_arguments(parser)
 
     student = parser.add_argument_group("student and preprocessing")
     student.add_argument("--student", default="unet",
@@ -171,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
     from medistill.distill.meddistill.trainer import train_meddistill
 
     config = config_from_args(args)
+    use_runtime_from_args(args)  # every teacher of this run (cache, live, co-learn, rounds) runs so
     if config.rounds > 1:
         from medistill.distill.meddistill.rounds import run_rounds
 

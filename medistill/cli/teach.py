@@ -4,6 +4,7 @@ Example::
 
     python -m medistill teach --image_dir data/images --boxes boxes.json \\
         --teacher litemedsam --out runs/teacher.h5 --quality-report runs/quality
+    python -m medistill teach ... --teacher-backend openvino    # exported once, reused after
 
 A killed run resumes when the same command is run again; a cache made with another
 teacher, boxes file or quality settings is refused unless ``--overwrite`` is given, and
@@ -38,6 +39,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quality-report", metavar="DIR",
                         help="write the quality-control decisions, contact sheet and summary to DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_runtime_arguments(parser)
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--teacher-backend``, ``--teacher-precision``, ``--teacher-batch``, ``--teacher-threads``
+    (every command that runs a teacher; read with :func:`use_runtime_from_args`)."""
+    group = parser.add_argument_group("where the teacher runs (litemedsam)")
+    group.add_argument("--teacher-backend", default="auto", choices=("auto", "keras", "onnxruntime", "openvino"),
+                       help="keras (TensorFlow), onnxruntime or openvino (LiteMedSAM exported once next to its "
+                       "converted weights, then reused); auto: the fastest that passed the parity tests on this "
+                       "project's machines (README, Teacher backends)")
+    group.add_argument("--teacher-precision", default="fp32", choices=("fp32", "bf16"),
+                       help="bf16 only with --teacher-backend openvino (masks within the documented tolerance)")
+    group.add_argument("--teacher-batch", type=int,
+                       help="images per encoder call (default: the backend's, 1 where batching was not faster)")
+    group.add_argument("--teacher-threads", type=int,
+                       help="threads of ONNX Runtime / OpenVINO (default: every core)")
+
+
+def use_runtime_from_args(args: argparse.Namespace):
+    """Parse the teacher-runtime options once and make them the process's (``build_teacher`` uses them)."""
+    from medistill.teachers.registry import TeacherRuntime, use_runtime
+
+    runtime = TeacherRuntime(backend=args.teacher_backend, precision=args.teacher_precision,
+                             encode_batch=args.teacher_batch, threads=args.teacher_threads)
+    use_runtime(runtime)
+    return runtime
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_image_paths(read_boxes(args.boxes), args.image_dir)  # no image outside --image_dir
     settings = QualitySettings(jitter=args.jitter, draws=args.jitter_draws)
+    use_runtime_from_args(args)
     teacher = build_teacher(args.teacher)
     summary = build_cache(teacher, args.image_dir, args.boxes, args.out, overwrite=args.overwrite,
                           progress=not args.no_progress, quality=settings)

@@ -19,6 +19,12 @@ first call's :class:`TeacherOutput` and reuses what it can (LiteMedSAM and SAM r
 their mask decoder on the cached image embedding); the default predicts again. The
 teacher cache uses it for the stability of each mask under jittered boxes.
 
+Several images at once (the teacher cache's pipeline): :meth:`Teacher.prepare` validates
+an image and its boxes and does the teacher's preprocessing (so it can run on a reader
+thread), :meth:`Teacher.predict_prepared` predicts a list of prepared images; encoder
+teachers run their encoder on them in batches of ``encode_batch``. ``predict`` is the
+same two steps for one image, so both paths give the same outputs.
+
 Example::
 
     teacher = build_teacher("grabcut")
@@ -26,6 +32,7 @@ Example::
     out.masks.shape        # (1, H, W) float32 in [0, 1]
     out.fused()            # (H, W) pixel-wise max over the boxes
     more = teacher.predict_more(image, np.array([[11, 12, 61, 69]]), out)
+    outs = teacher.predict_prepared([teacher.prepare(image, boxes) for image, boxes in pairs])
 """
 
 from __future__ import annotations
@@ -70,6 +77,22 @@ class TeacherOutput:
     def image_uncertainty(self) -> float:
         """Mean of the per-box uncertainties (MedDistill's σ²); 0.0 without boxes."""
         return float(self.uncertainties.mean()) if len(self.uncertainties) else 0.0
+
+
+@dataclass
+class PreparedImage:
+    """An image made ready for :meth:`Teacher.predict_prepared` by :meth:`Teacher.prepare`.
+
+    Attributes:
+        image: the validated ``(H, W, C)`` raw image.
+        boxes: ``(N, 4)`` float32 boxes clipped to it.
+        inputs: the teacher's own preprocessed input (an encoder teacher: the encoder
+            input and its geometry), or None.
+    """
+
+    image: np.ndarray
+    boxes: np.ndarray
+    inputs: Any = None
 
 
 def mask_uncertainty(masks: np.ndarray) -> np.ndarray:
@@ -132,6 +155,9 @@ class Teacher(abc.ABC):
 
     name: str = "teacher"
     weights_hash: str = ""
+    backend: str = ""            # where the model runs ("keras", "onnxruntime", ...); "" when it has none
+    precision: str = "fp32"
+    encode_batch: int = 1        # images per encoder call in predict_prepared
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -139,12 +165,28 @@ class Teacher(abc.ABC):
 
     def predict(self, image: np.ndarray, boxes: Any) -> TeacherOutput:
         """Soft masks for every box of ``image``; see the module docstring for the rules."""
+        return self.predict_prepared([self.prepare(image, boxes)])[0]
+
+    def prepare(self, image: np.ndarray, boxes: Any) -> PreparedImage:
+        """Validate ``image`` and clip ``boxes`` (same rules as :meth:`predict`), then preprocess."""
         image = as_image(image)
-        height, width = image.shape[:2]
-        clipped = clip_boxes(boxes, height, width)
-        out = self._predict(image, clipped)
-        out.boxes = clipped
-        return out
+        clipped = clip_boxes(boxes, *image.shape[:2])
+        return PreparedImage(image, clipped, self._prepare_inputs(image))
+
+    def _prepare_inputs(self, image: np.ndarray) -> Any:
+        """The teacher's own preprocessing of a validated image (None: nothing ahead of time)."""
+        return None
+
+    def predict_prepared(self, items: list[PreparedImage]) -> list[TeacherOutput]:
+        """One :class:`TeacherOutput` per prepared image, in order (as :meth:`predict` gives)."""
+        outputs = self._predict_prepared(list(items))
+        for item, out in zip(items, outputs):
+            out.boxes = item.boxes
+        return outputs
+
+    def _predict_prepared(self, items: list[PreparedImage]) -> list[TeacherOutput]:
+        """Override to predict several images together; the default predicts one by one."""
+        return [self._predict(item.image, item.boxes) for item in items]
 
     @abc.abstractmethod
     def _predict(self, image: np.ndarray, boxes: np.ndarray) -> TeacherOutput:
@@ -200,9 +242,28 @@ class EncoderTeacher(Teacher):
                      boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    def encode_many(self, xs: np.ndarray) -> np.ndarray:
+        """``(B, S, S, 3)`` encoder inputs → ``(B, h, w, D)``; override to run them as one batch."""
+        return np.stack([self.encode(x) for x in xs])
+
     def _predict(self, image: np.ndarray, boxes: np.ndarray) -> TeacherOutput:
         x, geometry = self.encoder_input(image)
         return self._from_embedding(self.encode(x), geometry, boxes)
+
+    def _prepare_inputs(self, image: np.ndarray) -> Any:
+        return self.encoder_input(image)
+
+    def _predict_prepared(self, items: list[PreparedImage]) -> list[TeacherOutput]:
+        """The encoder on ``encode_batch`` images at a time, then the decoder image by image."""
+        outputs = []
+        step = max(1, int(self.encode_batch))
+        for start in range(0, len(items), step):
+            chunk = items[start:start + step]
+            inputs = [item.inputs if item.inputs is not None else self.encoder_input(item.image) for item in chunk]
+            embeddings = self.encode_many(np.stack([x for x, _ in inputs]))
+            outputs += [self._from_embedding(embedding, geometry, item.boxes)
+                        for embedding, (_, geometry), item in zip(embeddings, inputs, chunk)]
+        return outputs
 
     def _from_embedding(self, embedding: np.ndarray, geometry: Any, boxes: np.ndarray) -> TeacherOutput:
         masks, iou, low_res = self.decode_boxes(embedding, geometry, boxes)

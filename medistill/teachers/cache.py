@@ -2,7 +2,8 @@
 
 Layout (``format = "medistill.teacher_cache"``, ``version = 2``)::
 
-    /                     attrs: format, version, teacher, weights_hash, preprocessing (JSON),
+    /                     attrs: format, version, teacher, weights_hash, precision, backend,
+                                 preprocessing (JSON),
                                  boxes_file, boxes_sha256, class_names (JSON),
                                  quality (JSON: jitter, draws, seed, threshold)
     /images/<stem>/       attrs: file, slice (-1 for a plain image), width, height, n_boxes,
@@ -75,13 +76,17 @@ def provenance(teacher: Teacher, boxes_path: str | os.PathLike, class_names: lis
     """The root attributes that identify a cache."""
     quality = quality or QualitySettings()
     return {"format": FORMAT, "version": str(VERSION), "teacher": teacher.name,
-            "weights_hash": teacher.weights_hash,
+            "weights_hash": teacher.weights_hash, "precision": teacher.precision,
+            "backend": teacher.backend,
             "preprocessing": json.dumps(teacher.preprocessing, sort_keys=True),
             "boxes_file": str(Path(boxes_path).resolve()), "boxes_sha256": file_sha256(boxes_path),
             "class_names": json.dumps(list(class_names)), "quality": quality.to_json()}
 
 
-_CHECKED = ("teacher", "weights_hash", "preprocessing", "boxes_sha256", "quality")
+# "backend" is recorded, not checked: every fp32 backend passed parity with Keras, so a
+# cache may be resumed with another one. A cache older than the precision attribute is fp32.
+_CHECKED = ("teacher", "weights_hash", "precision", "preprocessing", "boxes_sha256", "quality")
+_MISSING_MEANS = {"precision": "fp32"}
 
 
 def _text(value: Any) -> str | None:
@@ -93,7 +98,7 @@ def _text(value: Any) -> str | None:
 def _stale_reasons(existing: dict[str, Any], wanted: dict[str, str]) -> list[str]:
     reasons = []
     for key in _CHECKED:
-        old = _text(existing.get(key))
+        old = _text(existing.get(key, _MISSING_MEANS.get(key)))
         if old != wanted[key]:
             reasons.append(f"{key}: cache has {old!r}, now {wanted[key]!r}")
     return reasons

@@ -270,7 +270,10 @@ def convert_checkpoint(checkpoint: str | os.PathLike | None = None,
 
 def load_litemedsam(checkpoint: str | os.PathLike | None = None,
                     cache_dir: str | os.PathLike | None = None):
-    """``(LiteMedSAM model with the checkpoint's weights, info dict)``; converts on first use."""
+    """``(LiteMedSAM model with the checkpoint's weights, info dict)``; converts on first use.
+
+    ``info`` is the cached ``config.json`` plus ``folder``, the folder holding the weights.
+    """
     folder = convert_checkpoint(checkpoint, cache_dir)
     try:
         info = json.loads((folder / CONFIG_NAME).read_text())
@@ -279,4 +282,4 @@ def load_litemedsam(checkpoint: str | os.PathLike | None = None,
     except Exception as error:  # noqa: BLE001
         raise CheckpointError(f"{folder}: the converted LiteMedSAM cache cannot be read ({error}); "
                               "delete the folder and it will be rebuilt") from error
-    return model, info
+    return model, {**info, "folder": str(folder)}

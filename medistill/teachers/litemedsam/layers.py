@@ -23,9 +23,16 @@ from keras import ops
 _PACKAGE = "medistill"
 
 
+_SQRT_HALF = 0.7071067811865476
+
+
 def gelu(x):
-    """Exact (erf) GELU, as ``torch.nn.GELU()``; Keras' default is the tanh approximation."""
-    return keras.activations.gelu(x, approximate=False)
+    """Exact (erf) GELU, as ``torch.nn.GELU()``; Keras' default is the tanh approximation.
+
+    Written with ``erf`` rather than Keras' exact GELU, which TensorFlow lowers to
+    ``Erfc``: ONNX has no ``Erfc``, so the exported teacher would not run in ONNX Runtime.
+    """
+    return 0.5 * x * (1.0 + ops.erf(x * _SQRT_HALF))
 
 
 def _layer_norm(epsilon: float, name: str) -> keras.layers.LayerNormalization:

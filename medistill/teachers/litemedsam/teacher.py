@@ -11,8 +11,9 @@ encoder and mask decoder on the previous output's embedding, never the image enc
 
 Example::
 
-    teacher = LiteMedSAMTeacher()                      # bundled checkpoint
+    teacher = LiteMedSAMTeacher()                      # bundled checkpoint, Keras
     out = teacher.predict(image, boxes)                # TeacherOutput at original size
+    fast = LiteMedSAMTeacher(backend="openvino")       # exported once, then reused
 """
 
 from __future__ import annotations
@@ -28,31 +29,33 @@ from medistill.teachers.litemedsam import preprocessing as prep
 
 
 class LiteMedSAMTeacher(EncoderTeacher):
-    """LiteMedSAM in Keras, loaded from a (converted, cached) PyTorch checkpoint."""
+    """LiteMedSAM loaded from a (converted, cached) PyTorch checkpoint, run by one backend.
+
+    ``backend``: ``keras`` (TensorFlow), ``onnxruntime`` or ``openvino`` (the Keras model
+    exported once next to the converted weights; :mod:`.backends`); ``precision``: ``fp32``
+    or ``bf16`` (OpenVINO only). ``encode_batch`` images go through the encoder together in
+    :meth:`predict_prepared`; ``threads`` caps the ONNX Runtime / OpenVINO threads (None:
+    every core). The Keras model is always loaded (:attr:`model`: exports and co-learning use it).
+    """
 
     name = "litemedsam"
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, box_batch: int = 16,
-                 compiled: bool = True) -> None:
-        """``compiled=False`` runs eagerly: slower per image, but no tracing (~20 s on CPU)."""
-        import tensorflow as tf
-
+                 compiled: bool = True, backend: str = "keras", precision: str = "fp32",
+                 encode_batch: int = 1, threads: int | None = None) -> None:
+        """``compiled=False`` runs Keras eagerly: slower per image, but no tracing (~20 s on CPU)."""
+        from medistill.teachers.litemedsam.backends import check_backend, make_runner
         from medistill.teachers.litemedsam.convert import load_litemedsam
 
+        check_backend(backend, precision)
         self.model, self.info = load_litemedsam(checkpoint)
         self.weights_hash = str(self.info["sha256"])
         self.checkpoint = self.info["checkpoint"]
         self.box_batch = max(1, int(box_batch))
-        size = self.model.image_size
-        embed = self.model.embedding_size
-        dim = int(self.model.config["embed_dim"])
-        self._encode, self._decode = self.model.encode, self.model.decode
-        if not compiled:
-            return
-        self._encode = tf.function(self.model.encode, input_signature=[
-            tf.TensorSpec((1, size, size, 3), tf.float32)])
-        self._decode = tf.function(self.model.decode, input_signature=[
-            tf.TensorSpec((1, embed, embed, dim), tf.float32), tf.TensorSpec((None, 4), tf.float32)])
+        self.backend, self.precision = backend, precision
+        self.encode_batch = max(1, int(encode_batch))
+        self.runner = make_runner(backend, self.model, self.info["folder"], precision=precision,
+                                  compiled=compiled, threads=threads)
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -63,7 +66,11 @@ class LiteMedSAMTeacher(EncoderTeacher):
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """``(S, S, 3)`` preprocessed image → ``(h, w, D)`` embedding."""
-        return np.asarray(self._encode(np.asarray(x, np.float32)[None]))[0]
+        return self.encode_many(np.asarray(x, np.float32)[None])[0]
+
+    def encode_many(self, xs: np.ndarray) -> np.ndarray:
+        """``(B, S, S, 3)`` preprocessed images → ``(B, h, w, D)`` embeddings, in one call."""
+        return np.asarray(self.runner.encode(np.asarray(xs, np.float32)), np.float32)
 
     def decode(self, embedding: np.ndarray, boxes_256: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Embedding ``(h, w, D)`` and boxes in the network frame → ``(N, S, S)`` logits, ``(N,)`` IoU."""
@@ -71,7 +78,7 @@ class LiteMedSAMTeacher(EncoderTeacher):
         batch = np.asarray(embedding, np.float32)[None]
         for start in range(0, len(boxes_256), self.box_batch):
             chunk = np.asarray(boxes_256[start:start + self.box_batch], np.float32)
-            masks, iou = self._decode(batch, chunk)
+            masks, iou = self.runner.decode(batch, chunk)
             logits.append(np.asarray(masks)[:, 0])
             ious.append(np.asarray(iou)[:, 0])
         size = self.model.image_size
