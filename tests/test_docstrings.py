@@ -42,6 +42,7 @@ MODULES = [
     "medistill.networks.unet",
     "medistill.networks.unetpp",
     "medistill.predict.postprocess",
+    "medistill.teachers.shards",
 ]
 
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from medistill.cli.options import json_object
-from medistill.cli.teach import add_runtime_arguments, use_runtime_from_args
+from medistill.cli.teach_run import add_runtime_arguments, use_runtime_from_args
 from medistill.distill.terms import DEFAULT_TERMS, TERM_NAMES, WEIGHTINGS
 from medistill.errors import MedistillError
 

@@ -5,6 +5,9 @@ Example::
     python -m medistill teach --image_dir data/images --boxes boxes.json \\
         --teacher litemedsam --out runs/teacher.h5 --quality-report runs/quality
     python -m medistill teach ... --teacher-backend openvino    # exported once, reused after
+    python -m medistill teach ... --shard 0/4        # part 0 of 4 → runs/teacher.shard-0-of-4.h5
+    python -m medistill teach ... --merge            # the 4 shards → runs/teacher.h5
+    python -m medistill teach ... --workers 2        # 2 processes here, shards merged at the end
 
 A killed run resumes when the same command is run again; a cache made with another
 teacher, boxes file or quality settings is refused unless ``--overwrite`` is given, and
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+
+from medistill.cli.teach_run import add_runtime_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,50 +44,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quality-report", metavar="DIR",
                         help="write the quality-control decisions, contact sheet and summary to DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    scale = parser.add_argument_group("several processes or machines")
+    scale.add_argument("--shard", metavar="I/N",
+                       help="teach only part I of N of the boxes file (entries I, I+N, ...) into "
+                       "OUT's shard cache <stem>.shard-I-of-N.h5 (e.g. a Slurm array task); resumes like a cache")
+    scale.add_argument("--merge", action="store_true",
+                       help="merge the complete shard caches of --out into --out (runs no teacher)")
+    scale.add_argument("--workers", type=int, default=1,
+                       help="K processes on this machine, one shard each, merged into --out at the end")
     add_runtime_arguments(parser)
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--teacher-backend``, ``--teacher-precision``, ``--teacher-batch``, ``--teacher-threads``
-    (every command that runs a teacher; read with :func:`use_runtime_from_args`)."""
-    group = parser.add_argument_group("where the teacher runs (litemedsam)")
-    group.add_argument("--teacher-backend", default="auto", choices=("auto", "keras", "onnxruntime", "openvino"),
-                       help="keras (TensorFlow), onnxruntime or openvino (LiteMedSAM exported once next to its "
-                       "converted weights, then reused); auto: the fastest that passed the parity tests on this "
-                       "project's machines (README, Teacher backends)")
-    group.add_argument("--teacher-precision", default="fp32", choices=("fp32", "bf16"),
-                       help="bf16 only with --teacher-backend openvino (masks within the documented tolerance)")
-    group.add_argument("--teacher-batch", type=int,
-                       help="images per encoder call (default: the backend's, 1 where batching was not faster)")
-    group.add_argument("--teacher-threads", type=int,
-                       help="threads of ONNX Runtime / OpenVINO (default: every core)")
-
-
-def use_runtime_from_args(args: argparse.Namespace):
-    """Parse the teacher-runtime options once and make them the process's (``build_teacher`` uses them)."""
-    from medistill.teachers.registry import TeacherRuntime, use_runtime
-
-    runtime = TeacherRuntime(backend=args.teacher_backend, precision=args.teacher_precision,
-                             encode_batch=args.teacher_batch, threads=args.teacher_threads)
-    use_runtime(runtime)
-    return runtime
-
-
 def run(args: argparse.Namespace) -> int:
-    from medistill.teachers.cache import build_cache
-    from medistill.teachers.quality import QualitySettings
-    from medistill.teachers.registry import build_teacher
-
     from medistill.boxes.boxes_file import check_image_paths, read_boxes
+    from medistill.errors import MedistillError
+    from medistill.teachers.shards import parse_shard
 
     check_image_paths(read_boxes(args.boxes), args.image_dir)  # no image outside --image_dir
-    settings = QualitySettings(jitter=args.jitter, draws=args.jitter_draws)
-    use_runtime_from_args(args)
-    teacher = build_teacher(args.teacher)
-    summary = build_cache(teacher, args.image_dir, args.boxes, args.out, overwrite=args.overwrite,
-                          progress=not args.no_progress, quality=settings)
+    if sum([bool(args.shard), args.merge, args.workers != 1]) > 1:
+        raise MedistillError("--shard, --merge and --workers are different ways to run: give one of them")
+    if args.workers < 1:
+        raise MedistillError(f"--workers must be at least 1, got {args.workers}")
+    if args.merge:
+        from medistill.teachers.cache_merge import merge_shards
+        from medistill.teachers.shards import find_shard_count
+
+        summary = merge_shards(args.out, find_shard_count(args.out), args.boxes, overwrite=args.overwrite)
+    elif args.workers > 1:
+        from medistill.cli.teach_run import teach_with_workers
+
+        summary = teach_with_workers(args)
+    else:
+        from medistill.cli.teach_run import teach_one
+
+        summary = teach_one(args, parse_shard(args.shard) if args.shard else None)
     if args.quality_report:
-        summary["quality_report"] = quality_report(args.out, args.image_dir, args.quality_report)
+        summary["quality_report"] = quality_report(summary.get("shard_cache", args.out), args.image_dir,
+                                                   args.quality_report)
     print(json.dumps({"out": args.out, "teacher": args.teacher, **summary}))
     return 0
 

@@ -44,15 +44,12 @@ Other modules read a cache only through :class:`CacheReader`::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import socket
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,19 +60,24 @@ from medistill.boxes.boxes_file import check_image_paths, image_path, read_boxes
 from medistill.errors import MedistillError
 from medistill.fileio import file_sha256
 from medistill.teachers.base import Teacher, TeacherOutput
-from medistill.teachers.quality import (QUALITY_FIELDS, MaskQuality, QualitySettings, arrays_to_records,
-                                        jitter_boxes, mask_quality, records_to_arrays, stability, stem_seed)
+from medistill.teachers.cache_lock import cache_lock, lock_path
+from medistill.teachers.cache_reader import FORMAT, VERSION, CacheEntry, CacheReader, _format_problem, _text
+from medistill.teachers.pipeline import run_pipeline
+from medistill.teachers.quality import (MaskQuality, QualitySettings, jitter_boxes, mask_quality,
+                                        records_to_arrays, stability, stem_seed)
+from medistill.teachers.shards import Shard
+
+__all__ = ["CacheEntry", "CacheReader", "build_cache", "cache_lock", "lock_path", "provenance",
+           "quality_records", "slice_sha256"]
 
 LOG = logging.getLogger("medistill.teachers")
-FORMAT = "medistill.teacher_cache"
-VERSION = 2
 
 
 def provenance(teacher: Teacher, boxes_path: str | os.PathLike, class_names: list[str],
-               quality: QualitySettings | None = None) -> dict[str, str]:
-    """The root attributes that identify a cache."""
+               quality: QualitySettings | None = None, shard: Shard | None = None) -> dict[str, str]:
+    """The root attributes that identify a cache (``shard``: which part of the boxes file it holds)."""
     quality = quality or QualitySettings()
-    return {"format": FORMAT, "version": str(VERSION), "teacher": teacher.name,
+    return {"shard": shard.text if shard else "","format": FORMAT, "version": str(VERSION), "teacher": teacher.name,
             "weights_hash": teacher.weights_hash, "precision": teacher.precision,
             "backend": teacher.backend,
             "preprocessing": json.dumps(teacher.preprocessing, sort_keys=True),
@@ -85,14 +87,8 @@ def provenance(teacher: Teacher, boxes_path: str | os.PathLike, class_names: lis
 
 # "backend" is recorded, not checked: every fp32 backend passed parity with Keras, so a
 # cache may be resumed with another one. A cache older than the precision attribute is fp32.
-_CHECKED = ("teacher", "weights_hash", "precision", "preprocessing", "boxes_sha256", "quality")
-_MISSING_MEANS = {"precision": "fp32"}
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
+_CHECKED = ("teacher", "weights_hash", "precision", "preprocessing", "boxes_sha256", "quality", "shard")
+_MISSING_MEANS = {"precision": "fp32", "shard": ""}
 
 
 def _stale_reasons(existing: dict[str, Any], wanted: dict[str, str]) -> list[str]:
@@ -102,109 +98,6 @@ def _stale_reasons(existing: dict[str, Any], wanted: dict[str, str]) -> list[str
         if old != wanted[key]:
             reasons.append(f"{key}: cache has {old!r}, now {wanted[key]!r}")
     return reasons
-
-
-def _format_problem(path: Path, attrs: Any) -> str | None:
-    """Why the root attributes are not those of a current cache (None when they are)."""
-    found = _text(attrs.get("format"))
-    if found != FORMAT:
-        return f"{path} is not a medistill teacher cache (format attribute {found!r})"
-    version = _text(attrs.get("version"))
-    if version != str(VERSION):
-        return (f"{path} is a teacher cache of format version {version}, this medistill reads and writes "
-                f"version {VERSION} (it adds per-mask quality records and image hashes, which need the teacher)")
-    return None
-
-
-# --------------------------------------------------------------------------- the lock
-
-
-def lock_path(cache_path: str | os.PathLike) -> Path:
-    """The lock file of a cache: ``<cache>.lock``."""
-    cache_path = Path(cache_path)
-    return cache_path.with_name(cache_path.name + ".lock")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _read_holder(path: Path) -> tuple[int | None, str]:
-    try:
-        parts = path.read_text().split()
-    except FileNotFoundError:
-        return None, ""
-    try:
-        return int(parts[0]), parts[1] if len(parts) > 1 else ""
-    except (IndexError, ValueError):
-        return None, ""
-
-
-@contextlib.contextmanager
-def cache_lock(cache_path: str | os.PathLike) -> Iterator[Path]:
-    """Hold ``<cache>.lock`` while the body runs; refuse when a live process holds it.
-
-    The lock file is created with ``O_CREAT | O_EXCL`` and holds ``"<pid> <host>"``. A
-    lock of a process that no longer runs on this host is taken over with a log line.
-    """
-    path = lock_path(cache_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    me, host = os.getpid(), socket.gethostname()
-    for attempt in range(50):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            pid, holder_host = _read_holder(path)
-            if pid is None:  # being written by its creator this instant, or emptied
-                if attempt >= 20:
-                    raise MedistillError(f"{path}: the lock file of {cache_path} cannot be read; if no "
-                                         "`medistill teach` or training runs on this cache, delete it") from None
-                time.sleep(0.05)
-                continue
-            if holder_host not in ("", host) or _pid_alive(pid):
-                where = f" on {holder_host}" if holder_host not in ("", host) else ""
-                raise MedistillError(
-                    f"{cache_path} is being written by another process (PID {pid}{where}, lock file {path}); "
-                    "wait for it to finish, or use another --out. If that process no longer runs, "
-                    f"delete {path}") from None
-            _take_over(path, pid)
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"{me} {host}\n")
-        break
-    else:  # pragma: no cover - fifty lost races in a row
-        raise MedistillError(f"{path}: could not take the lock of {cache_path}; try again")
-    try:
-        yield path
-    finally:
-        pid, _ = _read_holder(path)
-        if pid == me:
-            path.unlink(missing_ok=True)
-
-
-def _take_over(path: Path, dead_pid: int) -> None:
-    """Remove the stale lock of ``dead_pid`` unless another process replaced it meanwhile."""
-    aside = path.with_name(f"{path.name}.stale-{os.getpid()}")
-    try:
-        os.rename(path, aside)  # atomic: of several takers, one moves this very file
-    except FileNotFoundError:
-        return
-    pid, _ = _read_holder(aside)
-    if pid == dead_pid:
-        LOG.warning("teach: taking over the stale lock %s of PID %d (no longer running)", path, dead_pid)
-        aside.unlink(missing_ok=True)
-        return
-    try:  # it was a live lock made after we looked: put it back unless someone holds a new one
-        os.link(aside, path)
-    except FileExistsError:
-        pass
-    aside.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- images
@@ -410,24 +303,28 @@ def _open(out_path: Path, wanted: dict[str, str], overwrite: bool) -> h5py.File:
 
 def build_cache(teacher: Teacher, image_dir: str | os.PathLike, boxes_path: str | os.PathLike,
                 out_path: str | os.PathLike, overwrite: bool = False, progress: bool = True,
-                quality: QualitySettings | None = None) -> dict[str, Any]:
-    """Run ``teacher`` on every image of the boxes file; resume an unfinished cache.
+                quality: QualitySettings | None = None, shard: Shard | None = None,
+                on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Run ``teacher`` on every image of the boxes file (or of its ``shard``); resume an unfinished cache.
 
-    ``quality`` sets the stability jitter (default 0.05 of the box size, 3 draws).
-    Returns a summary: ``{"images", "done_before", "written", "seconds", "images_per_second"}``.
+    ``quality`` sets the stability jitter (default 0.05 of the box size, 3 draws). The
+    images are read and preprocessed ahead on a thread, go through the teacher in
+    batches of ``teacher.encode_batch`` and are written on another thread
+    (:mod:`medistill.teachers.pipeline`). ``on_progress(done, total)`` is called before the
+    first image and after each one (progress of worker processes). Returns a summary:
+    ``{"images", "done_before", "written", "seconds", "images_per_second"}``.
     """
-    from tqdm.auto import tqdm
-
     image_dir, out_path = Path(image_dir), Path(out_path)
     quality = quality or QualitySettings()
     boxes = read_boxes(boxes_path)
     check_image_paths(boxes, image_dir)  # before anything is written
-    _check_entries(image_dir, boxes.images)
-    wanted = provenance(teacher, boxes_path, boxes.class_names, quality)
-    written, start = 0, time.perf_counter()
-    if not overwrite and _finished(out_path, wanted, boxes.images, image_dir):
+    entries = shard.select(boxes.images) if shard else list(boxes.images)
+    _check_entries(image_dir, entries)
+    wanted = provenance(teacher, boxes_path, boxes.class_names, quality, shard)
+    start = time.perf_counter()
+    if not overwrite and _finished(out_path, wanted, entries, image_dir):
         # Read-only: several runs may share a finished cache at the same time.
-        return {"images": len(boxes.images), "done_before": len(boxes.images), "written": 0,
+        return {"images": len(entries), "done_before": len(entries), "written": 0,
                 "seconds": round(time.perf_counter() - start, 3), "images_per_second": 0.0}
     with cache_lock(out_path):
         handle = _open(out_path, wanted, overwrite)
@@ -436,156 +333,62 @@ def build_cache(teacher: Teacher, image_dir: str | os.PathLike, boxes_path: str 
             for stem in list(images):
                 if not images[stem].attrs.get("done", False):
                     del images[stem]  # a run killed while writing it
-            _check_hashes(out_path, images, boxes.images, image_dir)
-            todo = [entry for entry in boxes.images if entry.stem not in images]
-            done_before = len(boxes.images) - len(todo)
-            bar = tqdm(total=len(boxes.images), initial=done_before, desc=f"teach ({teacher.name})",
-                       unit="image", disable=not progress)
-            for entry in todo:
-                image, digest = _read_image(image_dir, entry)
-                xyxy = np.array([b.xyxy for b in entry.boxes], np.float32).reshape(-1, 4)
-                try:
-                    out = teacher.predict(image, xyxy)
-                    records = quality_records(teacher, image, out, entry.stem, quality)
-                except MedistillError as error:
-                    raise MedistillError(f"{image_dir / entry.file}: {error}") from error
-                _write_image(images.create_group(entry.stem), entry, out, digest, records)
-                handle.flush()
-                written += 1
-                bar.update(1)
-                LOG.debug("teach: done %s (%d/%d)", entry.stem, done_before + written, len(boxes.images))
-            bar.close()
+            _check_hashes(out_path, images, entries, image_dir)
+            todo = [entry for entry in entries if entry.stem not in images]
+            done_before = len(entries) - len(todo)
+            written = _run_teacher(teacher, image_dir, todo, quality, handle, progress, done_before,
+                                   len(entries), on_progress)
         finally:
             handle.close()
     seconds = time.perf_counter() - start
-    return {"images": len(boxes.images), "done_before": done_before, "written": written,
+    return {"images": len(entries), "done_before": done_before, "written": written,
             "seconds": round(seconds, 3), "images_per_second": round(written / seconds, 3) if written else 0.0}
 
 
-# --------------------------------------------------------------------------- reading
+def _run_teacher(teacher: Teacher, image_dir: Path, todo: list, quality: QualitySettings, handle: h5py.File,
+                 progress: bool, done_before: int, total: int,
+                 on_progress: Callable[[int, int], None] | None) -> int:
+    """Teach every entry of ``todo`` into the open cache; the number written."""
+    from tqdm.auto import tqdm
 
-
-@dataclass(frozen=True)
-class CacheEntry:
-    """One finished image of a teacher cache (arrays at the image's original size)."""
-
-    stem: str
-    file: str
-    slice_index: int | None
-    width: int
-    height: int
-    fused: np.ndarray                  # (H, W) float32 soft mask, max over the boxes
-    image_uncertainty: float           # mean of the per-box uncertainties (0 without boxes)
-    uncertainties: np.ndarray          # (N,) float32
-    scores: np.ndarray | None          # (N,) float32 teacher IoU predictions, or None
-    boxes: np.ndarray                  # (N, 4) float32 clipped xyxy, original pixels
-    box_scores: np.ndarray             # (N,) float32 detector scores from the boxes file
-    box_classes: np.ndarray            # (N,) int32
-    features: np.ndarray | None        # (h, w, C) float16, or None (or not read)
-    feature_stride: int | None
-    sha256: str
-
-    @property
-    def n_boxes(self) -> int:
-        return len(self.boxes)
-
-
-class CacheReader:
-    """Read a teacher cache (the only code that knows the HDF5 layout besides the writer).
-
-    ``with CacheReader(path) as cache:`` opens it read-only and checks its format and
-    version; ``cache.stems`` lists the finished images; ``entry(stem)``, ``masks(stem)``
-    and ``quality(stem)`` read one image, raising :class:`MedistillError` naming the file
-    and the stem for a missing or unfinished entry.
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise MedistillError(f"the teacher cache {self.path} does not exist; build it with "
-                                 "`python -m medistill teach` (or a meddistill run)")
+    def read(entry):
+        image, digest = _read_image(image_dir, entry)
+        xyxy = np.array([b.xyxy for b in entry.boxes], np.float32).reshape(-1, 4)
         try:
-            self._handle = h5py.File(self.path, "r")
-        except OSError as error:
-            holder = _read_holder(lock_path(self.path))[0]
-            busy = f"; PID {holder} is still writing it (lock {lock_path(self.path)})" if holder else ""
-            raise MedistillError(f"{self.path} cannot be opened as a teacher cache ({error}){busy}; "
-                                 "wait for the writer, or rebuild the cache") from error
-        problem = _format_problem(self.path, self._handle.attrs)
-        if problem:
-            self._handle.close()
-            raise MedistillError(f"{problem}: rebuild it with `python -m medistill teach --overwrite`"
-                                 if "version" in problem else problem)
-        self.attrs = {key: _text(value) for key, value in self._handle.attrs.items()}
+            return entry, image, digest, teacher.prepare(image, xyxy)
+        except MedistillError as error:
+            raise MedistillError(f"{image_dir / entry.file}: {error}") from error
 
-    def __enter__(self) -> CacheReader:
-        return self
+    def compute(batch):
+        outs = teacher.predict_prepared([prepared for *_, prepared in batch])
+        results = []
+        for (entry, image, digest, _), out in zip(batch, outs):
+            try:
+                records = quality_records(teacher, image, out, entry.stem, quality)
+            except MedistillError as error:
+                raise MedistillError(f"{image_dir / entry.file}: {error}") from error
+            results.append((entry, out, digest, records))
+        return results
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    # The ETA covers the whole set: tqdm's rate counts only the images written in this run.
+    bar = tqdm(total=total, initial=done_before, desc=f"teach ({teacher.name})", unit="image",
+               disable=not progress, smoothing=0.1)
 
-    def close(self) -> None:
-        self._handle.close()
+    done = [done_before]  # not bar.n: a disabled bar does not count
 
-    @property
-    def teacher(self) -> str:
-        return str(self.attrs.get("teacher"))
+    def write(result):
+        entry, out, digest, records = result
+        _write_image(handle["images"].create_group(entry.stem), entry, out, digest, records)
+        handle.flush()
+        bar.update(1)
+        done[0] += 1
+        if on_progress:
+            on_progress(done[0], total)
+        LOG.debug("teach: done %s (%d/%d)", entry.stem, done[0], total)
 
-    @property
-    def quality_settings(self) -> QualitySettings:
-        return QualitySettings.from_json(self.attrs["quality"])
-
-    @property
-    def stems(self) -> list[str]:
-        """The finished images, sorted."""
-        images = self._handle["images"]
-        return sorted(stem for stem in images if images[stem].attrs.get("done", False))
-
-    def _group(self, stem: str) -> h5py.Group:
-        group = self._handle.get(f"images/{stem}")
-        if group is None:
-            raise MedistillError(f"{self.path}: no entry for image {stem!r}; the cache was made from another "
-                                 "boxes file: rebuild it with the boxes file you use now")
-        if not group.attrs.get("done", False):
-            raise MedistillError(f"{self.path}: the entry of image {stem!r} is unfinished (a killed run); run "
-                                 "`python -m medistill teach` with the same arguments to complete it")
-        return group
-
-    def entry(self, stem: str, features: bool = True) -> CacheEntry:
-        """One image's :class:`CacheEntry` (``features=False`` skips reading the features)."""
-        group = self._group(stem)
-        attrs = group.attrs
-        stride = int(attrs.get("feature_stride", -1))
-        slice_index = int(attrs.get("slice", -1))
-        return CacheEntry(
-            stem=stem, file=_text(attrs["file"]), slice_index=None if slice_index < 0 else slice_index,
-            width=int(attrs["width"]), height=int(attrs["height"]),
-            fused=group["fused"][()].astype(np.float32), image_uncertainty=float(attrs["image_uncertainty"]),
-            uncertainties=group["uncertainties"][()].astype(np.float32),
-            scores=group["scores"][()].astype(np.float32) if "scores" in group else None,
-            boxes=group["boxes"][()].astype(np.float32).reshape(-1, 4),
-            box_scores=group["box_scores"][()].astype(np.float32),
-            box_classes=group["box_classes"][()].astype(np.int32),
-            features=group["features"][()] if features and "features" in group else None,
-            feature_stride=stride if stride > 0 else None, sha256=_text(attrs["sha256"]))
-
-    def feature_info(self, stem: str) -> tuple[tuple[int, int, int], int] | None:
-        """``((h, w, C), stride)`` of an image's cached features without reading them; None if none."""
-        group = self._group(stem)
-        if "features" not in group:
-            return None
-        return tuple(int(v) for v in group["features"].shape), int(group.attrs["feature_stride"])
-
-    def masks(self, stem: str, index: int | None = None) -> np.ndarray:
-        """``(N, H, W)`` float32 per-box soft masks, or ``(H, W)`` for box ``index``."""
-        data = self._group(stem)["masks"]
-        return (data[()] if index is None else data[int(index)]).astype(np.float32)
-
-    def quality(self, stem: str) -> list[MaskQuality]:
-        """The per-mask quality records of one image, in box order."""
-        group = self._group(stem)["quality"]
-        return arrays_to_records({name: group[name][()] for name in QUALITY_FIELDS})
-
-    def all_quality(self) -> dict[str, list[MaskQuality]]:
-        """``{stem: records}`` for every finished image (empty lists for images without boxes)."""
-        return {stem: self.quality(stem) for stem in self.stems}
+    if on_progress:
+        on_progress(done_before, total)
+    try:
+        return run_pipeline(todo, read, compute, write, batch=teacher.encode_batch)
+    finally:
+        bar.close()

@@ -64,7 +64,8 @@ class TeacherRuntime:
 
     @property
     def is_default(self) -> bool:
-        return self == TeacherRuntime()
+        """Whether it asks nothing of a teacher but to run as it is (``threads`` is only a cap)."""
+        return (self.backend in ("auto", "keras") and self.precision == "fp32" and self.encode_batch is None)
 
 
 _RUNTIME = TeacherRuntime()
@@ -111,7 +112,7 @@ def build_teacher(spec: str, runtime: TeacherRuntime | None = None) -> Teacher:
     argument = argument if sep and argument else None
     if kind in _TAKES_RUNTIME:
         return _FACTORIES[kind](argument, runtime)
-    if not (runtime.is_default or runtime.backend == "keras" and runtime.precision == "fp32"):
+    if not runtime.is_default:
         raise MedistillError(f"teacher {kind!r} runs only as it is: --teacher-backend, --teacher-precision and "
                              "--teacher-batch apply to litemedsam; leave them at their defaults")
     return _FACTORIES[kind](argument)
