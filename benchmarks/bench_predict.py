@@ -16,6 +16,8 @@ tiles so that the parity and Dice figures mean something.
 
 from __future__ import annotations
 
+import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -158,11 +160,38 @@ def quality_rows(run: Path, test_tiles: list) -> list[list[str]]:
     return rows
 
 
+def measure_speed(run: Path, size: int, settings: Settings) -> dict:
+    """Latency and throughput of every backend on one run (in a child process: runtimes keep their arenas)."""
+    predictors = {backend: open_predictor(run, backend) for backend in BACKENDS}
+    rng = np.random.default_rng(0)
+    image = (rng.random((size, size, 1)) * 255).astype(np.float32)
+    batch = [(rng.random((size, size, 1)) * 255).astype(np.float32) for _ in range(16)]
+    latency, latency_load = interleaved({b: (lambda p=p: p.predict(image)) for b, p in predictors.items()},
+                                        settings.latency_rounds, settings.budget, settings.warmup)
+    throughput, throughput_load = interleaved(
+        {b: (lambda p=p: predict_probabilities(p, batch, batch=16)) for b, p in predictors.items()},
+        settings.throughput_rounds, settings.budget, 1)
+    return {"latency": latency, "throughput": throughput, "load": f"{latency_load}; {throughput_load}"}
+
+
+def speed_in_child(run: Path, size: int, quick: bool) -> dict:
+    command = [sys.executable, __file__, "--measure", str(run), "--size", str(size)] + (["--quick"] if quick else [])
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argument_parser(__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, help="working folder (default: a temporary one, removed at the end)")
+    parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # child mode: one run's speed as JSON
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
+    if args.measure:
+        print(json.dumps(measure_speed(args.measure, args.size, settings)))
+        return
     work = args.work or Path(tempfile.mkdtemp(prefix="medistill-bench-predict-"))
     began = time.perf_counter()
     try:
@@ -183,41 +212,23 @@ def run_benchmark(work: Path, settings: Settings) -> str:
     for student in STUDENT_OPTIONS:
         for size in settings.sizes:
             run = work / f"{student}-{size}"
-            if not (run / "exports" / "model.tflite").is_file():
+            timings = run / "export_seconds.json"  # the benchmark's own file, so a rerun with --work reports them
+            if not timings.is_file():
                 shutil.rmtree(run, ignore_errors=True)
                 if student == DEFAULT_STUDENT and size == settings.sizes[0]:
                     train_default(run, size, train_tiles, settings.train_epochs)
                 else:
                     untrained(run, student, size)
+                seconds = {}
                 for fmt in FORMATS:
                     start = time.perf_counter()
                     export_model(run, fmt)
-                    export_seconds[(student, size, fmt)] = time.perf_counter() - start
+                    seconds[fmt] = time.perf_counter() - start
+                timings.write_text(json.dumps(seconds))
+            for fmt, value in json.loads(timings.read_text()).items():
+                export_seconds[(student, size, FORMATS[fmt].backend)] = value
             runs[(student, size)] = run
             print(f"ready: {run}", flush=True)
-
-    speed_rows, ratios = [], {}
-    for (student, size), run in runs.items():
-        predictors = {backend: open_predictor(run, backend) for backend in BACKENDS}
-        rng = np.random.default_rng(0)
-        image = (rng.random((size, size, 1)) * 255).astype(np.float32)
-        batch = [(rng.random((size, size, 1)) * 255).astype(np.float32) for _ in range(16)]
-        latency, latency_load = interleaved({b: (lambda p=p: p.predict(image)) for b, p in predictors.items()},
-                                            settings.latency_rounds, settings.budget, settings.warmup)
-        throughput, throughput_load = interleaved(
-            {b: (lambda p=p: predict_probabilities(p, batch, batch=16)) for b, p in predictors.items()},
-            settings.throughput_rounds, settings.budget, 1)
-        keras_ms = statistics.median(latency["keras"]) * 1000
-        for backend in BACKENDS:
-            ms = statistics.median(latency[backend]) * 1000
-            ratios[(student, size, backend)] = ms / keras_ms
-            rate = 16 / statistics.median(throughput[backend])
-            exported = export_seconds.get((student, size, next((f for f in FORMATS if FORMATS[f].backend == backend),
-                                                                "")))
-            speed_rows.append([f"`{student}`", f"{size}²", f"`{backend}`", f"{ms:.1f}", f"{ms / keras_ms:.2f}",
-                               f"{rate:.1f}", f"{len(latency[backend])} / {len(throughput[backend])}",
-                               "–" if exported is None else f"{exported:.0f}", f"{latency_load}; {throughput_load}"])
-        print(markdown_table(["student", "size", "backend", "ms"], [r[:4] for r in speed_rows[-4:]]), flush=True)
 
     cold_rows, cold = [], {}
     single = work / "one-image"
@@ -240,6 +251,21 @@ def run_benchmark(work: Path, settings: Settings) -> str:
                               f"{min(seconds[backend]):.2f}–{max(seconds[backend]):.2f}", load])
         print(markdown_table(["student", "backend", "cold s"], [r[:3] for r in cold_rows[-4:]]), flush=True)
 
+    speed_rows, ratios = [], {}
+    for (student, size), run in runs.items():
+        measured = speed_in_child(run, size, settings is QUICK)
+        latency, throughput = measured["latency"], measured["throughput"]
+        keras_ms = statistics.median(latency["keras"]) * 1000
+        for backend in BACKENDS:
+            ms = statistics.median(latency[backend]) * 1000
+            ratios[(student, size, backend)] = ms / keras_ms
+            rate = 16 / statistics.median(throughput[backend])
+            exported = export_seconds.get((student, size, backend))
+            speed_rows.append([f"`{student}`", f"{size}²", f"`{backend}`", f"{ms:.1f}", f"{ms / keras_ms:.2f}",
+                               f"{rate:.1f}", f"{len(latency[backend])} / {len(throughput[backend])}",
+                               "–" if exported is None else f"{exported:.0f}", measured["load"]])
+        print(markdown_table(["student", "size", "backend", "ms"], [r[:4] for r in speed_rows[-4:]]), flush=True)
+
     quality = quality_rows(runs[(DEFAULT_STUDENT, settings.sizes[0])], test_tiles)
     return report(settings, speed_rows, cold_rows, quality, ratios, cold, len(train_tiles), len(test_tiles))
 
@@ -258,9 +284,10 @@ def report(settings: Settings, speed_rows, cold_rows, quality, ratios, cold, n_t
         "`keras.Model.export` for a fixed S×S×1 input and any batch, each checked against Keras when written.",
         "### Latency and throughput\n\nms = median batch-1 `predictor.predict(image)` on an S×S image "
         "(preprocessing, forward, sigmoid, restore); × Keras = that median / Keras' median; img/s = 16 / median "
-        "time of `predict_probabilities(predictor, 16 images, batch=16)`. Rounds = latency / throughput rounds "
+        "time of `predict_probabilities(predictor, 16 images, batch=16)`; each student and size is measured in "
+        "a fresh child process holding only its four predictors. Rounds = latency / throughput rounds "
         "(each round calls every backend once, in turn). Export s = time of `medistill export` for that format "
-        "(in this process).",
+        "(first run of the script).",
         markdown_table(["student", "size", "backend", "batch-1 ms", "× Keras", "batch-16 img/s", "rounds",
                         "export s", "load (1 min) latency; throughput"], speed_rows),
         f"### Cold start\n\nA fresh `python -m medistill predict --model RUN --backend B -i ONE_IMAGE_DIR -o NEW_DIR` "
