@@ -28,7 +28,7 @@ from medistill.errors import MedistillError
 from medistill.export import Predictor
 from medistill.fileio import atomic_path, write_json_atomic
 from medistill.locking import acquire_lock, release_lock
-from medistill.predict.backends import open_predictor
+from medistill.predict.backends import open_predictor, resolve_model
 from medistill.predict.engine import png_mask_values, predict_probabilities
 from medistill.predict.inputs import InputFile, check_output_folder, find_inputs, shard
 from medistill.predict.postprocess import clean_labels
@@ -92,7 +92,8 @@ def predict_folder(config: PredictConfig) -> dict[str, int]:
                                                    for name in item.outputs(config.probabilities))]
         total = sum(slices.get(item.path, 1) for item in todo)
         log.info("segmenting %d file(s) (%d slice(s)/image(s)) with %s (%s); %d already done in %s",
-                 len(todo), total, predictor.source, config.backend, len(inputs) - len(todo), out)
+                 len(todo), total, predictor.source, resolve_model(config.model, config.backend)[1],
+                 len(inputs) - len(todo), out)
         bar = tqdm(total=total, desc="predict", unit="slice")
         images = [item for item in todo if not item.is_volume]
         for start in range(0, len(images), config.batch):
