@@ -19,7 +19,7 @@ MODULES = [
     "medistill.distill.meddistill.config",
     "medistill.distill.meddistill.data",
     "medistill.distill.meddistill.prompts",
-    "medistill.distill.meddistill.trainer",
+    "medistill.train.loop",
     "medistill.distill.meddistill.trust",
     "medistill.distill.projection",
     "medistill.distill.recipes",

@@ -1,14 +1,13 @@
 """``distill(config)``: one distillation run of any recipe, from data folder to export.
 
 Order: (1) when ``--train-teacher`` is given, the run folder is claimed and the teacher
-is trained (or reused) in ``RUN/teacher/`` by a child process with its own strategy; (2) the run opens
-(:func:`medistill.train.session.open_run`: strategy, ``config.json``, log); (3) data
-as the supervised trainer reads it; (4) inside the strategy's scope the teacher is
-loaded and frozen and the recipe builds its networks and optimiser; (5)
-:class:`~medistill.train.loop.TrainingLoop` trains, validating the student's Dice, and
-checkpoints every epoch (the same command resumes after a kill); (6)
-:func:`~medistill.train.session.finish_run` exports the student like the supervised
-trainer does.
+is trained (or reused) in ``RUN/teacher/`` by a child process with its own strategy; (2)
+the recipe runs on the trainer skeleton (:func:`medistill.train.method.run_training`,
+through :class:`RecipeTraining`): data as the supervised trainer reads it; inside the
+strategy's scope the teacher is loaded and frozen and the recipe builds its networks and
+optimiser; the loop trains, validating the student's Dice, and checkpoints every epoch
+(the same command resumes after a kill); the best student is exported like the
+supervised trainer's.
 
 The teacher is trained in a child process because TensorFlow does not support two
 ``MultiWorkerMirroredStrategy`` objects in one process (an earlier one fails once a
@@ -35,19 +34,17 @@ import tensorflow as tf
 
 from medistill.data import AugmentConfig, make_dataset
 from medistill.distill.config import DistillConfig
-from medistill.train.precision import FULL, set_precision
 from medistill.distill.recipes import get_recipe
 from medistill.distill.recipes.base import Recipe, RecipeContext
-from medistill.train.session import finish_run, open_run
 from medistill.distill.teacher import check_teacher, load_teacher, train_teacher_in_child
 from medistill.distribute import barrier, chief_by_tf_config
 from medistill.errors import MedistillError
 from medistill.export import ModelCard
-from medistill.networks import model_summary
 from medistill.train.config import TrainConfig
 from medistill.train.data_setup import count_classes, training_samples
-from medistill.train.loop import LoopSettings, TrainingLoop
+from medistill.train.method import EpochPlan, TrainingMethod, run_training
 from medistill.train.run_folder import check_run_folder, prepare_run_folder, release_run_folder
+from medistill.train.session import RunSession
 from medistill.train.supervised import preprocess_config, validation_fn
 
 log = logging.getLogger("medistill.distill")
@@ -80,68 +77,82 @@ def distill(config: DistillConfig) -> Path:
 def run_recipe(config: TrainConfig, config_cls: type, recipe_cls: type[Recipe],
                teacher_path: str | Path | None) -> Path:
     """Train ``recipe_cls`` as configured into ``config.out`` (the steps of the module docstring)."""
-    policy = set_precision(bool(getattr(config, "mixed_precision", False)))
     _new_collective_keys()
-    try:
-        if _chief_by_tf_config():
-            check_run_folder(config.out, config_cls, config.overwrite)
-        train, val, num_classes = _samples(config)  # checked before anything is written
-        with open_run(config, config_cls, cpu_replicas=config.cpu_replicas) as session:
-            strategy = session.strategy
-            barrier(strategy)  # a worker's teacher may be the one its chief has just written
-            pre = preprocess_config(config)
-            batch = session.global_batch(config.batch, len(train))
-            steps = max(1, len(train) // batch)
-            if config.steps_per_epoch:
-                steps = min(steps, config.steps_per_epoch)
-            with session.scope():
-                teacher = load_teacher(teacher_path) if teacher_path else None
-            context = RecipeContext(
-                config=config, num_classes=num_classes, train_samples=train, preprocess=pre,
-                augment=AugmentConfig() if config.augment else None, global_batch=batch,
-                steps_per_epoch=steps, strategy=strategy, teacher=teacher, policy=policy)
-            if teacher is not None:
-                check_teacher(teacher, config.channels, context.outputs)
-            keras.utils.set_random_seed(config.seed)  # same seed, same initial weights
-            with session.scope():
-                recipe = recipe_cls(context)
-                recipe.build()
-            check_frozen(recipe)
-            session.synchronise_batchnorm(*recipe.trained_models())
-            sizes = model_summary(recipe.student, (config.img_size, config.img_size, config.channels))
-            log.info("recipe %s: student %s with %s parameters, %.2f GFLOPs per image at %d px",
-                     recipe.name or recipe_cls.__name__, config.student, f"{sizes['params']:,}",
-                     sizes["flops"] / 1e9, config.img_size)
+    return run_training(RecipeTraining(config, config_cls, recipe_cls, teacher_path))
 
-            val_data = None
-            if val:
-                val_data = recipe.validation_batches(make_dataset(
-                    val, pre, num_classes=num_classes, batch_size=max(1, config.batch), shuffle=False,
-                    augment=None, seed=config.seed, mask_mode=config.mask_mode))
-            train_data = recipe.train_dataset()
-            settings = LoopSettings(epochs=config.epochs, patience=config.patience,
-                                    monitor="val_dice" if val else "loss", mode="max" if val else "min",
-                                    steps_per_epoch=steps)
-            loop = TrainingLoop(strategy, session.run_dir, recipe.student, recipe.optimizer, recipe.step,
-                                validation_fn(recipe.student, val_data, num_classes), settings,
-                                extra_trackables=recipe.trackables())
-            history = loop.fit(lambda epoch: train_data)
-            # The chief has written best.weights.h5 by now; every worker loads it in
-            # finish_run, so all end with the chief's weights (batch-norm statistics,
-            # which each worker keeps from its own batches, included).
-            barrier(strategy)
-            summary: dict[str, Any] = {
-                "recipe": recipe.name or recipe_cls.__name__, "student": config.student,
-                "train_images": len(train), "val_images": len(val), **sizes,
-                **({"teacher": str(teacher_path), "teacher_params": int(teacher.count_params())}
-                   if teacher is not None else {}),
-                **recipe.summary(),
-            }
-            finish_run(session, loop, recipe.student, ModelCard(pre, num_classes), history, summary)
-            return session.run_dir
-    finally:
-        if policy != FULL:
-            keras.mixed_precision.set_global_policy(FULL)
+
+class RecipeTraining(TrainingMethod):
+    """A :class:`~medistill.distill.recipes.base.Recipe` on the trainer skeleton
+    (:func:`~medistill.train.method.run_training`): the recipe supplies models, step and
+    data; the teacher is loaded, frozen and checked here."""
+
+    description = "student"
+
+    def __init__(self, config: TrainConfig, config_cls: type, recipe_cls: type[Recipe],
+                 teacher_path: str | Path | None) -> None:
+        super().__init__(config)
+        self.config_cls = config_cls
+        self.recipe_cls = recipe_cls
+        self.teacher_path = teacher_path
+
+    def check_inputs(self) -> None:
+        self.train, self.val, self.num_classes = _samples(self.config)  # before anything is written
+
+    def prepare(self, session: RunSession) -> int:
+        barrier(session.strategy)  # a worker's teacher may be the one its chief has just written
+        self.pre = preprocess_config(self.config)
+        return len(self.train)
+
+    def build(self, session: RunSession, plan: EpochPlan) -> None:
+        config = self.config
+        teacher = load_teacher(self.teacher_path) if self.teacher_path else None
+        context = RecipeContext(
+            config=config, num_classes=self.num_classes, train_samples=self.train, preprocess=self.pre,
+            augment=AugmentConfig() if config.augment else None, global_batch=plan.batch,
+            steps_per_epoch=plan.steps, strategy=session.strategy, teacher=teacher, policy=plan.policy,
+            passes=plan.passes)
+        if teacher is not None:
+            check_teacher(teacher, config.channels, context.outputs)
+        keras.utils.set_random_seed(config.seed)  # loading the teacher must not change the student's start
+        self.recipe = self.recipe_cls(context)
+        self.recipe.build()
+        check_frozen(self.recipe)
+        self.student, self.optimizer = self.recipe.student, self.recipe.optimizer
+        self.description = f"recipe {self.recipe.name or self.recipe_cls.__name__}: student"
+
+    def epoch_data(self, epoch: int) -> tf.data.Dataset:
+        return self.recipe.train_dataset(epoch)
+
+    def step(self, batch: Any) -> dict[str, tf.Tensor]:
+        return self.recipe.step(batch)
+
+    def validation(self):
+        if not self.val:
+            return None
+        config = self.config
+        data = self.recipe.validation_batches(make_dataset(
+            self.val, self.pre, num_classes=self.num_classes, batch_size=max(1, config.batch), shuffle=False,
+            augment=None, seed=config.seed, mask_mode=config.mask_mode))
+        return validation_fn(self.student, data, self.num_classes)
+
+    def trackables(self) -> dict[str, Any]:
+        return self.recipe.trackables()
+
+    def trained_models(self) -> list[keras.Model]:
+        return self.recipe.trained_models()
+
+    def card(self) -> ModelCard:
+        return ModelCard(self.pre, self.num_classes)
+
+    def summary(self) -> dict[str, Any]:
+        teacher = self.recipe.context.teacher
+        return {
+            "recipe": self.recipe.name or self.recipe_cls.__name__, "student": self.config.student,
+            "train_images": len(self.train), "val_images": len(self.val),
+            **({"teacher": str(self.teacher_path), "teacher_params": int(teacher.count_params())}
+               if teacher is not None else {}),
+            **self.recipe.summary(),
+        }
 
 
 def _samples(config: TrainConfig) -> tuple[list, list, int]:

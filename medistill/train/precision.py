@@ -20,7 +20,9 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import keras
 import tensorflow as tf
@@ -41,6 +43,17 @@ def set_precision(mixed: bool) -> str:
             log.warning("--mixed-precision needs a GPU; none is visible, so this run uses float32")
     keras.mixed_precision.set_global_policy(policy)
     return policy
+
+
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """Build models in float32 whatever the global policy (e.g. a frozen teacher), then restore it."""
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(FULL)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def wrap_optimizer(optimizer: keras.optimizers.Optimizer, policy: str) -> keras.optimizers.Optimizer:

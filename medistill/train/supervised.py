@@ -1,9 +1,9 @@
 """The supervised baseline: a student trained on masks with BCE/CE + Dice.
 
-It is the upper bound the unsupervised pipeline is compared with, and the template of
-every recipe: data from the data layer, a student from ``medistill.networks``, a step
-function under ``tf.distribute``, and :class:`~medistill.train.loop.TrainingLoop` for
-the rest.
+It is the upper bound the unsupervised pipeline is compared with, and the smallest
+:class:`~medistill.train.method.TrainingMethod`: data from the data layer, a student from
+``medistill.networks``, a per-example loss under ``tf.distribute``; the skeleton
+(:func:`~medistill.train.method.run_training`) does the rest.
 
 Example::
 
@@ -20,14 +20,13 @@ import keras
 import tensorflow as tf
 
 from medistill.data import AugmentConfig, PreprocessConfig, epoch_datasets, make_dataset
-from medistill.distribute import chief_by_tf_config
 from medistill.export import ModelCard
 from medistill.losses import hard_dice_per_example, predicted_labels, segmentation_loss
-from medistill.networks import build_student, model_summary
+from medistill.networks import build_student
 from medistill.train.config import TrainConfig
 from medistill.train.data_setup import count_classes, training_samples
-from medistill.train.loop import LoopSettings, TrainingLoop, epoch_length
-from medistill.train.run_folder import check_run_folder
+from medistill.train.method import EpochPlan, TrainingMethod, run_training
+from medistill.train.session import RunSession
 
 log = logging.getLogger("medistill.train")
 
@@ -69,64 +68,68 @@ def validation_fn(model: keras.Model, dataset: tf.data.Dataset | None, num_class
     return validate
 
 
-def train_supervised(config: TrainConfig) -> Path:
-    """Train, resume if the run folder holds a compatible run, export; return the folder."""
-    from medistill.train.session import finish_run, open_run
+class SupervisedTraining(TrainingMethod):
+    """A student trained on images and their masks (BCE/CE + Dice), on :func:`run_training`'s skeleton."""
 
-    # Every input is checked before the run folder is touched: a failed start writes nothing.
-    if chief_by_tf_config():  # the chief alone writes (and locks) the run folder
-        check_run_folder(config.out, TrainConfig, config.overwrite)
-    train, val = training_samples(config.data, mask_suffix=config.mask_suffix, mask_mode=config.mask_mode,
-                                  val_fraction=config.val_fraction, seed=config.seed,
-                                  skip_bad=config.skip_bad)
-    num_classes = config.num_classes or count_classes(train + val, config.mask_mode)
-    with open_run(config, TrainConfig, cpu_replicas=config.cpu_replicas) as session:
-        pre = preprocess_config(config)
-        batch = session.global_batch(config.batch, len(train))
-        passes, steps = epoch_length(len(train), batch, config.min_steps_per_epoch)
-        if config.steps_per_epoch:
-            steps = min(steps, config.steps_per_epoch)
-        augment = AugmentConfig() if config.augment else None
+    config_cls = TrainConfig
 
+    def check_inputs(self) -> None:
+        # Every file is read here, before the run folder is touched: bad data writes nothing.
+        config = self.config
+        self.train, self.val = training_samples(config.data, mask_suffix=config.mask_suffix,
+                                                mask_mode=config.mask_mode, val_fraction=config.val_fraction,
+                                                seed=config.seed, skip_bad=config.skip_bad)
+        self.num_classes = config.num_classes or count_classes(self.train + self.val, config.mask_mode)
+        self.pre = preprocess_config(config)
+
+    def prepare(self, session: RunSession) -> int:
+        return len(self.train)
+
+    def build(self, session: RunSession, plan: EpochPlan) -> None:
+        config = self.config
+        self.plan = plan
         # Epoch k's order and augmentation come from (seed, k) only, so a resumed run sees
         # the data an uninterrupted one would; decoded images are kept after first use.
-        train_data = epoch_datasets(train, pre, num_classes=num_classes, batch_size=batch, shuffle=True,
-                                    augment=augment, seed=config.seed, drop_remainder=True,
-                                    mask_mode=config.mask_mode, passes=passes)
+        self.train_data = epoch_datasets(self.train, self.pre, num_classes=self.num_classes, batch_size=plan.batch,
+                                         shuffle=True, augment=AugmentConfig() if config.augment else None,
+                                         seed=config.seed, drop_remainder=True, mask_mode=config.mask_mode,
+                                         passes=plan.passes)
+        outputs = 1 if self.num_classes == 2 else self.num_classes
+        self.student = build_student(config.student, in_channels=config.channels, num_classes=outputs,
+                                     **config.student_options)
+        self.optimizer = make_optimizer(config, plan.steps)
+        self.optimizer.build(self.student.trainable_variables)
 
-        val_data = (make_dataset(val, pre, num_classes=num_classes, batch_size=max(1, config.batch),
-                                 shuffle=False, augment=None, seed=config.seed,
-                                 mask_mode=config.mask_mode) if val else None)
-        outputs = 1 if num_classes == 2 else num_classes
-        keras.utils.set_random_seed(config.seed)  # same seed, same initial weights
-        with session.scope():
-            model = build_student(config.student, in_channels=config.channels, num_classes=outputs,
-                                  **config.student_options)
-            optimizer = make_optimizer(config, steps)
-            optimizer.build(model.trainable_variables)
-        session.synchronise_batchnorm(model)
-        sizes = model_summary(model, (config.img_size, config.img_size, config.channels))
-        log.info("student %s: %s parameters, %.2f GFLOPs per image at %d px", config.student,
-                 f"{sizes['params']:,}", sizes["flops"] / 1e9, config.img_size)
+    def epoch_data(self, epoch: int) -> tf.data.Dataset:
+        return self.train_data(epoch)
 
-        def step(batch_xy):
-            x, y = batch_xy
-            with tf.GradientTape() as tape:
-                per_example = segmentation_loss(y, model(x, training=True))
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=batch)
-                if model.losses:
-                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            return {"loss": loss}
+    def step(self, batch_xy):
+        x, y = batch_xy
+        model = self.student
+        with tf.GradientTape() as tape:
+            per_example = segmentation_loss(y, model(x, training=True))
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.plan.batch)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        grads = tape.gradient(loss, model.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return {"loss": loss}
 
-        settings = LoopSettings(epochs=config.epochs, patience=config.patience,
-                                monitor="val_dice" if val else "loss", mode="max" if val else "min",
-                                steps_per_epoch=steps)
-        loop = TrainingLoop(session.strategy, session.run_dir, model, optimizer, step,
-                            validation_fn(model, val_data, num_classes), settings)
-        history = loop.fit(train_data)
-        finish_run(session, loop, model, ModelCard(pre, num_classes), history,
-                   {"train_images": len(train), "val_images": len(val), "steps_per_epoch": steps,
-                    "passes_per_epoch": passes, **sizes})
-        return session.run_dir
+    def validation(self):
+        if not self.val:
+            return None
+        config = self.config
+        data = make_dataset(self.val, self.pre, num_classes=self.num_classes, batch_size=max(1, config.batch),
+                            shuffle=False, augment=None, seed=config.seed, mask_mode=config.mask_mode)
+        return validation_fn(self.student, data, self.num_classes)
+
+    def card(self) -> ModelCard:
+        return ModelCard(self.pre, self.num_classes)
+
+    def summary(self) -> dict:
+        return {"train_images": len(self.train), "val_images": len(self.val)}
+
+
+def train_supervised(config: TrainConfig) -> Path:
+    """Train, resume if the run folder holds a compatible run, export; return the folder."""
+    return run_training(SupervisedTraining(config))

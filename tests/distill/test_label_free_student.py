@@ -19,7 +19,8 @@ from medistill.distill.meddistill import data as md
 from medistill.distill.meddistill.collapse import check_collapse
 from medistill.distill.meddistill.config import MedDistillConfig
 from medistill.distill.meddistill.distiller import MedDistiller
-from medistill.distill.meddistill.trainer import epoch_length, train_meddistill
+from medistill.distill.meddistill.trainer import train_meddistill
+from medistill.train.loop import epoch_length
 from medistill.distill.meddistill.trust import UNCONFIRMED_NEGATIVE, negative_weights
 from medistill.distill.weighting import build_weighting
 from medistill.errors import MedistillError

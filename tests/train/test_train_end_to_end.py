@@ -57,6 +57,10 @@ def test_train_writes_a_complete_run_folder(trained_run):
     assert card["num_classes"] == 2 and card["activation"] == "sigmoid"
     assert card["preprocess"]["size"] == 64
     assert any((trained_run / "tensorboard").iterdir())
+    summary = json.loads((trained_run / "summary.json").read_text())
+    # ~51 training images at batch 8 are 6 steps: the small set repeats to reach 10 per epoch.
+    assert summary["passes_per_epoch"] == 2
+    assert summary["steps_per_epoch"] == 2 * summary["train_images"] // 8 >= 10
 
 
 def test_predict_eval_beats_chance(trained_run, phantoms, tmp_path):

@@ -73,15 +73,16 @@ from medistill.distill.meddistill.distiller import (  # noqa: F401  (flip_like_b
 )
 from medistill.distill.meddistill.plots import plot_distillation
 from medistill.distill.meddistill.trust import assign_trust, quality_weights
-from medistill.train.precision import set_precision, wrap_optimizer
+from medistill.train.precision import full_precision, wrap_optimizer
 from medistill.distill.projection import FeatureProjection
-from medistill.train.session import RunSession, finish_run, open_run
+from medistill.train.method import EpochPlan, TrainingMethod, run_training
+from medistill.train.session import RunSession
 from medistill.distill.weighting import build_weighting
-from medistill.distribute import barrier, chief_by_tf_config
+from medistill.distribute import barrier
 from medistill.errors import MedistillError
 from medistill.export import ModelCard
-from medistill.networks import build_student, feature_model, feature_names, model_summary
-from medistill.train.loop import LoopSettings, TrainingLoop, epoch_length  # noqa: F401  (public here too)
+from medistill.networks import build_student, feature_model, feature_names
+from medistill.train.loop import TrainingLoop
 
 log = logging.getLogger("medistill.distill")
 
@@ -145,16 +146,6 @@ class RefreshedTargets(tf.Module):
 
 
 # --------------------------------------------------------------------------- setting up
-
-
-def check_inputs(config: MedDistillConfig) -> None:
-    """Refuse, before ``RUN`` is touched, an ``--out`` this run may not use or images outside ``--image_dir``."""
-    from medistill.boxes.boxes_file import check_image_paths, read_boxes
-    from medistill.train.run_folder import check_run_folder
-
-    if chief_by_tf_config():
-        check_run_folder(config.out, MedDistillConfig, config.overwrite)
-    check_image_paths(read_boxes(config.boxes), config.image_dir)
 
 
 def require_resumable(config: MedDistillConfig) -> None:
@@ -267,13 +258,7 @@ def train_meddistill(config: MedDistillConfig, *, require_resume: bool = False) 
     """Distil, resume when ``config.out`` holds a compatible run, export; return the run folder."""
     if require_resume:
         require_resumable(config)
-    check_inputs(config)
-    previous_policy = keras.mixed_precision.global_policy().name
-    with open_run(config, MedDistillConfig, cpu_replicas=config.cpu_replicas) as session:
-        try:
-            return _train(config, session)
-        finally:
-            keras.mixed_precision.set_global_policy(previous_policy)
+    return run_training(MedDistillTraining(config))
 
 
 def build_distiller(config: MedDistillConfig, session: RunSession, student: keras.Model, decoder: Any,
@@ -320,28 +305,51 @@ def run_summary(config: MedDistillConfig, prepared: Prepared, chosen: dict, poli
     }
 
 
-def _train(config: MedDistillConfig, session: RunSession) -> Path:
-    started = time.perf_counter()
-    pre = config.preprocess()
-    teacher = decoder = None
-    if config.co_learn:  # LiteMedSAM, its variables mirrored: its mask decoder trains
-        from medistill.distill.colearn import DecoderTeacher
-        from medistill.teachers.registry import build_teacher
+class MedDistillTraining(TrainingMethod):
+    """MedDistill on the trainer skeleton (:func:`~medistill.train.method.run_training`); see the module docstring."""
 
+    config_cls = MedDistillConfig
+    keras_name = "student.keras"
+
+    def check_inputs(self) -> None:
+        from medistill.boxes.boxes_file import check_image_paths, read_boxes
+
+        check_image_paths(read_boxes(self.config.boxes), self.config.image_dir)
+
+    def prepare(self, session: RunSession) -> int:
+        """The teacher's targets (cache or live), the student (its features fix the target grid), trust."""
+        config = self.config
+        self.started = time.perf_counter()
+        self.policy = keras.mixed_precision.global_policy().name
+        teacher = self.decoder = None
+        if config.co_learn:  # LiteMedSAM, its variables mirrored: its mask decoder trains
+            from medistill.distill.colearn import DecoderTeacher
+            from medistill.teachers.registry import build_teacher
+
+            with full_precision(), session.scope():
+                teacher = build_teacher(config.teacher)
+                self.decoder = DecoderTeacher(teacher.model)
+        keras.utils.set_random_seed(config.seed)  # same seed, same initial weights
         with session.scope():
-            teacher = build_teacher(config.teacher)
-            decoder = DecoderTeacher(teacher.model)
-    policy = set_precision(config.mixed_precision)
-    keras.utils.set_random_seed(config.seed)  # same seed, same initial weights
-    with session.scope():
-        student = build_student(config.student, in_channels=config.channels, num_classes=1,
-                                **config.student_options)
-    if config.init_from:
-        load_initial_weights(student, config.init_from)
-    strides = feature_strides(student, config.img_size)
-    chosen: dict[str, Any] = {}
+            self.student = build_student(config.student, in_channels=config.channels, num_classes=1,
+                                         **config.student_options)
+        if config.init_from:
+            load_initial_weights(self.student, config.init_from)
+        strides = feature_strides(self.student, config.img_size)
+        self.chosen: dict[str, Any] = {}
+        self.prepared = prepare_data(config, session, lambda info: self._grid_for(info, strides), teacher)
+        train = self.prepared.train
+        quality_weight, quality = None, None
+        if config.quality_control and not config.live_teacher:  # live targets have no quality records
+            quality_weight, quality = quality_weights(config.cache_path(), train.stems, config.image_dir,
+                                                      session.run_dir if session.chief else None)
+        self.trust = assign_trust(train, config.negatives, self.prepared.source, quality_weight)
+        self.trust["quality_control"] = quality
+        return len(train)
 
-    def grid_for(info: md.FeatureInfo | None) -> int | None:
+    def _grid_for(self, info: md.FeatureInfo | None, strides: dict[str, tuple[int, int]]) -> int | None:
+        """The student feature grid matched to the teacher's features (None: no feature term)."""
+        config = self.config
         if info is None:
             log.info("the teacher has no features: no feature term")
             return None
@@ -349,78 +357,75 @@ def _train(config: MedDistillConfig, session: RunSession) -> Path:
         if layer not in strides:
             raise MedistillError(f"--feature-layer {layer!r} is not a feature of {config.student}; "
                                  f"choose one of {', '.join(strides)}")
-        chosen.update(layer=layer, stride=strides[layer][0], channels=strides[layer][1])
+        self.chosen.update(layer=layer, stride=strides[layer][0], channels=strides[layer][1])
         log.info("feature term: student %s (stride %d, %d channels) against the teacher's %s features "
                  "(stride %d), projected by a 1x1 convolution", layer, strides[layer][0], strides[layer][1],
                  "x".join(map(str, info.shape)), info.stride)
         return config.img_size // strides[layer][0]
 
-    prepared = prepare_data(config, session, grid_for, teacher)
-    train, val = prepared.train, prepared.val
-    quality_weight, quality = None, None
-    if config.quality_control and not config.live_teacher:  # live targets have no quality records
-        quality_weight, quality = quality_weights(config.cache_path(), train.stems, config.image_dir,
-                                                  session.run_dir if session.chief else None)
-    trust = assign_trust(train, config.negatives, prepared.source, quality_weight)
-    trust["quality_control"] = quality
-    setup_seconds = time.perf_counter() - started
-    batch = session.global_batch(config.batch, len(train))
-    passes, steps = epoch_length(len(train), batch, config.min_steps_per_epoch)
-    if config.steps_per_epoch:
-        steps = min(steps, config.steps_per_epoch)
-    log.info("data: %d training image(s) (%d negative), %d validation image(s)", len(train), train.negatives,
-             0 if val is None else len(val))
-    grid = config.img_size // chosen["stride"] if chosen else None
-    feature_shape = (grid, grid, prepared.features.channels) if chosen else None
-    distiller, optimizer, decoder_optimizer = build_distiller(config, session, student, decoder, chosen,
-                                                              prepared.features, policy)
-    if config.sync_batchnorm:
-        session.synchronise_batchnorm(student)
-    sizes = model_summary(student, (config.img_size, config.img_size, config.channels))
-    log.info("student %s: %s parameters, %.2f GFLOPs per image at %d px", config.student,
-             f"{sizes['params']:,}", sizes["flops"] / 1e9, config.img_size)
+    def build(self, session: RunSession, plan: EpochPlan) -> None:
+        config, prepared = self.config, self.prepared
+        self.plan = plan
+        self.setup_seconds = time.perf_counter() - self.started
+        log.info("data: %d training image(s) (%d negative), %d validation image(s)", len(prepared.train),
+                 prepared.train.negatives, 0 if prepared.val is None else len(prepared.val))
+        grid = config.img_size // self.chosen["stride"] if self.chosen else None
+        self.feature_shape = (grid, grid, prepared.features.channels) if self.chosen else None
+        self.distiller, self.optimizer, decoder_optimizer = build_distiller(
+            config, session, self.student, self.decoder, self.chosen, prepared.features, plan.policy)
+        self._trackables: dict[str, Any] = {"weighting": self.distiller.weighting}
+        if self.distiller.projection is not None:
+            self._trackables["projection"] = self.distiller.projection
+        self.targets = None
+        if self.decoder is not None:
+            self.targets = RefreshedTargets(prepared.train)
+            self._trackables.update(self.decoder.trackables(), decoder_optimizer=decoder_optimizer,
+                                    colearn_targets=self.targets)
+        self.step = make_step(self.distiller, self.optimizer, plan.batch, decoder_optimizer)
+        self.train_started = time.perf_counter()
 
-    trackables: dict[str, Any] = {"weighting": distiller.weighting}
-    if distiller.projection is not None:
-        trackables["projection"] = distiller.projection
-    targets = None
-    if decoder is not None:
-        targets = RefreshedTargets(train)
-        trackables.update(decoder.trackables(), decoder_optimizer=decoder_optimizer, colearn_targets=targets)
-
-    def make_dataset(epoch: int) -> tf.data.Dataset:
+    def epoch_data(self, epoch: int) -> tf.data.Dataset:
+        config, targets = self.config, self.targets
         if targets is not None:
             if not targets.synced:
                 targets.sync_from_checkpoint()
             if epoch > 0 and epoch % config.refresh_every == 0:
                 log.info("co-learn: refreshing the training targets from the updated decoder (epoch %d)", epoch + 1)
-                targets.refresh(decoder, config.img_size)
-        return md.training_dataset(train, batch, epoch, config.seed, config.augment,
-                                   feature_shape=feature_shape, live=prepared.live, passes=passes)
+                targets.refresh(self.decoder, config.img_size)
+        return md.training_dataset(self.prepared.train, self.plan.batch, epoch, config.seed, config.augment,
+                                   feature_shape=self.feature_shape, live=self.prepared.live,
+                                   passes=self.plan.passes)
 
-    settings = LoopSettings(epochs=config.epochs, patience=config.patience,
-                            monitor="val_dice" if val is not None else "loss",
-                            mode="max" if val is not None else "min", steps_per_epoch=steps,
-                            min_epochs=config.early_stop_floor())
-    loop = TrainingLoop(session.strategy, session.run_dir, student, optimizer,
-                        make_step(distiller, optimizer, batch, decoder_optimizer),
-                        make_validation(student, val, batch), settings, extra_trackables=trackables)
-    train_started = time.perf_counter()
-    history = loop.fit(make_dataset)
-    train_seconds = time.perf_counter() - train_started
-    if session.chief and history:
-        plot_distillation(history, session.run_dir / "loss_terms.png")
-    loop.load_best()
-    collapse = check_collapse(student, val if val is not None else train, history, batch,
-                              "val_dice" if val is not None else "loss")
-    if collapse["collapsed"]:
-        log.error("the student collapsed: %s. Try more epochs (--epochs, --min-epochs), the default loss "
-                  "terms (--terms) or a higher --lr; --keep-collapsed keeps it anyway", collapse["reason"])
-    summary = run_summary(config, prepared, chosen, policy, global_batch=batch, steps_per_epoch=steps,
-                          passes_per_epoch=passes, setup_seconds=setup_seconds, train_seconds=train_seconds,
-                          trust=trust, collapse=collapse)
-    finish_run(session, loop, student, ModelCard(pre, 2), history, summary, keras_name="student.keras")
-    return session.run_dir
+    def validation(self):
+        return make_validation(self.student, self.prepared.val, self.plan.batch)
+
+    def trackables(self) -> dict[str, Any]:
+        return self._trackables
+
+    def trained_models(self) -> list[keras.Model]:
+        return [self.student] if self.config.sync_batchnorm else []
+
+    def min_epochs(self) -> int:
+        return self.config.early_stop_floor()
+
+    def after_fit(self, session: RunSession, loop: TrainingLoop, history: list[dict]) -> None:
+        self.train_seconds = time.perf_counter() - self.train_started
+        if session.chief and history:
+            plot_distillation(history, session.run_dir / "loss_terms.png")
+        val = self.prepared.val
+        self.collapse = check_collapse(self.student, val if val is not None else self.prepared.train, history,
+                                       self.plan.batch, loop.settings.monitor)
+        if self.collapse["collapsed"]:
+            log.error("the student collapsed: %s. Try more epochs (--epochs, --min-epochs), the default loss "
+                      "terms (--terms) or a higher --lr; --keep-collapsed keeps it anyway", self.collapse["reason"])
+
+    def card(self) -> ModelCard:
+        return ModelCard(self.config.preprocess(), 2)
+
+    def summary(self) -> dict[str, Any]:
+        return run_summary(self.config, self.prepared, self.chosen, self.plan.policy,
+                           setup_seconds=self.setup_seconds, train_seconds=self.train_seconds, trust=self.trust,
+                           collapse=self.collapse)
 
 
 def load_initial_weights(student: keras.Model, source: str) -> None:

@@ -1,6 +1,7 @@
 """The interface every distillation recipe implements, and what the runner gives it.
 
-The runner (:mod:`medistill.distill.runner`) owns everything recipes share: the run
+The runner (:mod:`medistill.distill.runner`, on the trainer skeleton
+:func:`medistill.train.method.run_training`) owns everything recipes share: the run
 folder, the strategy, the data, the frozen teacher, the :class:`TrainingLoop`, the
 export. A recipe owns only its networks, its optimiser, its data stream and its step:
 
@@ -11,8 +12,9 @@ export. A recipe owns only its networks, its optimiser, its data stream and its 
    (the model that is validated, checkpointed and exported), ``self.optimizer``
    (built on its variables, e.g. with :meth:`Recipe.make_optimizer`) and
    ``self.trainable`` (every variable the optimiser updates; never the teacher's).
-3. ``recipe.train_dataset()`` gives global batches for the loop (default: the
-   supervised trainer's pipeline, augmented, ``(x, y)``); ``recipe.step(batch)`` runs on
+3. ``recipe.train_dataset(epoch)`` gives an epoch's global batches (default: the
+   supervised trainer's pipeline, augmented, ``(x, y)``, small sets repeated
+   ``context.passes`` times); ``recipe.step(batch)`` runs on
    each replica and returns loss terms already divided by the global batch
    (:meth:`Recipe.average`), ``"loss"`` among them.
 4. ``recipe.validation_batches(dataset)`` may transform the ``(x, y)`` validation
@@ -54,7 +56,7 @@ from typing import Any, ClassVar
 import keras
 import tensorflow as tf
 
-from medistill.data import AugmentConfig, PreprocessConfig, Sample, make_dataset
+from medistill.data import AugmentConfig, PreprocessConfig, Sample, epoch_datasets
 from medistill.errors import MedistillError
 from medistill.train.config import TrainConfig
 
@@ -77,6 +79,7 @@ class RecipeContext:
         strategy: the ``tf.distribute`` strategy in force.
         teacher: the frozen teacher (``trainable=False``), or None.
         policy: the dtype policy in force ("float32" or "mixed_float16").
+        passes: passes over the training set in one epoch (small sets repeat).
     """
 
     config: TrainConfig
@@ -89,6 +92,7 @@ class RecipeContext:
     strategy: tf.distribute.Strategy
     teacher: keras.Model | None = None
     policy: str = "float32"
+    passes: int = 1
 
     @property
     def outputs(self) -> int:
@@ -148,13 +152,20 @@ class Recipe:
         """One training step on one replica; returns globally averaged loss terms."""
         raise NotImplementedError
 
-    def train_dataset(self) -> tf.data.Dataset:
-        """Global batches for :meth:`step`; by default ``(x, y)`` augmented like ``train``."""
+    def train_dataset(self, epoch: int = 0) -> tf.data.Dataset:
+        """Global batches of ``epoch`` for :meth:`step`; by default ``(x, y)`` augmented like ``train``.
+
+        Epoch ``k``'s order and augmentation come from ``(seed, k)`` only, so a resumed run
+        sees the data an uninterrupted one would.
+        """
         context = self.context
-        return make_dataset(context.train_samples, context.preprocess, num_classes=context.num_classes,
-                            batch_size=context.global_batch, shuffle=True, augment=context.augment,
-                            seed=context.config.seed, drop_remainder=True,
-                            mask_mode=context.config.mask_mode)
+        if not hasattr(self, "_epochs"):
+            self._epochs = epoch_datasets(context.train_samples, context.preprocess,
+                                          num_classes=context.num_classes, batch_size=context.global_batch,
+                                          shuffle=True, augment=context.augment, seed=context.config.seed,
+                                          drop_remainder=True, mask_mode=context.config.mask_mode,
+                                          passes=context.passes)
+        return self._epochs(epoch)
 
     def validation_batches(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
         """The ``(x, y)`` batches the student is validated on (default: unchanged)."""

@@ -56,8 +56,8 @@ class SIKDTeacher(Recipe):
         self.trainable = list(self.student.trainable_variables)
         self.optimizer = self.make_optimizer(self.trainable)
 
-    def train_dataset(self) -> tf.data.Dataset:
-        return averaged_only(super().train_dataset(), self.context.num_classes)
+    def train_dataset(self, epoch: int = 0) -> tf.data.Dataset:
+        return averaged_only(super().train_dataset(epoch), self.context.num_classes)
 
     def validation_batches(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
         return averaged_only(dataset, self.context.num_classes)
@@ -100,8 +100,8 @@ class SIKD(Recipe):
         self.trainable = list(self.student.trainable_variables)
         self.optimizer = self.make_optimizer(self.trainable)
 
-    def train_dataset(self) -> tf.data.Dataset:
-        return with_average(super().train_dataset(), self.context.num_classes)
+    def train_dataset(self, epoch: int = 0) -> tf.data.Dataset:
+        return with_average(super().train_dataset(epoch), self.context.num_classes)
 
     def losses(self, x: tf.Tensor, y: tf.Tensor, averaged: tf.Tensor, training: bool = True) -> dict[str, tf.Tensor]:
         """Per-example ``ce`` and ``feature`` (weighted MSE) terms ``(B,)``."""

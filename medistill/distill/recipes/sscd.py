@@ -174,6 +174,17 @@ def repeated_batches(samples: list[Sample], context: RecipeContext, seed: int, *
     return dataset.unbatch().repeat().batch(context.global_batch, drop_remainder=True)
 
 
+class EndlessStream:
+    """Mixed into recipes whose data is one endless seeded stream, built once: every epoch
+    iterates it again, and each new iteration draws a new order and new views (tf.data's
+    reshuffling), the same sequence in every run with the same seed."""
+
+    def train_dataset(self, epoch: int = 0) -> tf.data.Dataset:
+        if getattr(self, "_stream", None) is None:
+            self._stream = self.stream()
+        return self._stream
+
+
 def _step_seeds(seed: int) -> tf.data.Dataset:
     # One (2,) stateless seed per batch, new every epoch, the same for the same seed.
     return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
@@ -218,7 +229,7 @@ def check_options(options: dict[str, Any]) -> None:
                              "(the paper's SGD) or \"config\" (--optimizer/--lr/--weight-decay)")
 
 
-class _SSCDBase(Recipe):
+class _SSCDBase(EndlessStream, Recipe):
     """What the SSCD teacher and students share: options and the optimiser."""
 
     option_defaults = OPTIONS
@@ -269,7 +280,7 @@ class SSCDTeacher(_SSCDBase):
         self.trainable = list(self.student.trainable_variables)
         self.optimizer = self.make_optimizer(self.trainable)
 
-    def train_dataset(self) -> tf.data.Dataset:
+    def stream(self) -> tf.data.Dataset:
         seed = self.context.config.seed
         labelled = repeated_batches(self.labelled, self.context, seed, augment=self.context.augment)
         height = width = self.context.preprocess.size
@@ -348,7 +359,7 @@ class SSCD(_SSCDBase):
         return {**super().summary(), "exported": "student 1 (weak view)", "curriculum_heads": self.heads}
 
     # -- data ------------------------------------------------------------------
-    def train_dataset(self) -> tf.data.Dataset:
+    def stream(self) -> tf.data.Dataset:
         """Dicts ``x_l, xs_l, y_l`` (labelled weak/strong views, masks), ``x_u, xs_u`` (unlabelled
         weak/strong views; no mask at all) and ``box`` (one copy-paste box per pair)."""
         context, options = self.context, self.options
