@@ -13,6 +13,7 @@ LiteMedSAM (Keras and reference) and GrabCut on phantoms, nuclei tiles and MNI15
 brain slices; mean over images with foreground.
 
     .venv/bin/python benchmarks/bench_teachers.py [--quick]
+    .venv/bin/python benchmarks/bench_teachers.py --backends [--quick]   # backends, cache build
 """
 
 from __future__ import annotations
@@ -195,7 +196,18 @@ def predict_all(predict: Callable[[Case], np.ndarray], cases: list[Case]) -> tup
 
 
 def main() -> None:
-    args = argument_parser(__doc__.splitlines()[0]).parse_args()
+    parser = argument_parser(__doc__.splitlines()[0])
+    parser.add_argument("--backends", action="store_true",
+                        help="time LiteMedSAM's backends (Keras, ONNX Runtime, OpenVINO) and the cache build instead "
+                        "(bench_teacher_backends.py; its own section)")
+    args = parser.parse_args()
+    if args.backends:
+        from bench_teacher_backends import run_backends
+
+        body, notes = run_backends(args.quick)
+        publish(args, "teacher_backends", "Teacher backends: LiteMedSAM in Keras, ONNX Runtime, OpenVINO; "
+                "cache build", body, notes)
+        return
     sizes = QUICK if args.quick else FULL
     timing, cases = timing_cases(sizes), load_cases(sizes)
     with_boxes = [case for case in cases if len(case.boxes)]
