@@ -26,7 +26,7 @@ from medistill.boxes.detector_inputs import (
 from medistill.boxes.detector_predict import check_thresholds, list_images, predict_samples
 from medistill.boxes.metrics import BoxMatch, match_boxes
 from medistill.boxes.offline import ultralytics_session
-from medistill.boxes.yolo_dataset import read_yolo_labels
+from medistill.boxes.yolo_labels import read_yolo_labels
 from medistill.errors import DataError
 from medistill.fileio import write_json_atomic
 

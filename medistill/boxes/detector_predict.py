@@ -22,7 +22,7 @@ from medistill.boxes.detector_inputs import (
     ultralytics_failed,
 )
 from medistill.boxes.offline import ultralytics_session
-from medistill.boxes.yolo_dataset import to_uint8
+from medistill.boxes.yolo_labels import to_uint8
 from medistill.data import Sample, pair_folder, validate_samples
 from medistill.data.samples import load_sample_image
 from medistill.errors import DataProblem, MedistillError

@@ -19,11 +19,13 @@ Layout written under ``out``::
   stretched per image to 0..255 (a constant image becomes black). Grey stays grey,
   RGB stays RGB.
 * Splits: a folder in the data layer's layout with ``train/``, ``val/``, ``test/`` keeps
-  its splits. Otherwise the samples are split by :func:`assign_splits`, by *group*, so
-  that the slices of one volume never land in two splits: the slices of a NIfTI file
-  form one group, and 2-D files whose stem matches ``group_pattern`` (by default
-  ``<name>_z<digits>``, the data layer's slice naming, which exported volumes keep)
-  are grouped by the pattern's first capture group.
+  its splits. Otherwise the samples are split by
+  :func:`~medistill.boxes.yolo_splits.assign_splits`, by *group*, so that the slices
+  of one volume never land in two splits: the slices of a NIfTI file form one group,
+  and 2-D files whose stem matches ``group_pattern`` (by default ``<name>_z<digits>``,
+  the data layer's slice naming, which exported volumes keep) are grouped by the
+  pattern's first capture group.
+* Pixels and label lines: :mod:`medistill.boxes.yolo_labels`.
 """
 
 from __future__ import annotations
@@ -38,8 +40,17 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from medistill.boxes.boxes_file import Box
 from medistill.boxes.components import class_names_for, mask_to_boxes
+from medistill.boxes.yolo_labels import read_yolo_labels, to_uint8, yolo_label_lines
+from medistill.boxes.yolo_splits import (
+    DEFAULT_FRACTIONS,
+    DEFAULT_GROUP_PATTERN,
+    SPLITS,
+    assign_splits,
+    check_fractions,
+    sample_group,
+    split_counts,
+)
 from medistill.data import (
     Sample,
     find_splits,
@@ -52,11 +63,16 @@ from medistill.data.mask_layout import class_names_of
 from medistill.errors import DataError, DataProblem, MedistillError
 from medistill.fileio import write_json_atomic, write_text_atomic
 
-log = logging.getLogger("medistill.boxes")
+# The splits and the label files live in their own modules; their names are imported here
+# too, so `from medistill.boxes.yolo_dataset import assign_splits` keeps working.
+__all__ = [
+    "DEFAULT_FRACTIONS", "DEFAULT_GROUP_PATTERN", "SPLITS", "YoloDataConfig", "YoloSetSummary",
+    "assign_splits", "build_yolo_dataset", "check_fractions", "format_summary", "prepare_yolo_folder",
+    "read_yolo_labels", "sample_group", "split_counts", "to_uint8", "warn_missing_splits",
+    "write_data_yaml", "write_yolo_dataset", "yolo_label_lines",
+]
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-DEFAULT_GROUP_PATTERN = r"^(.+)_z\d+$"
-DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+log = logging.getLogger("medistill.boxes")
 
 
 @dataclass
@@ -114,141 +130,6 @@ class YoloSetSummary:
         data["box_sides"] = _quantiles(self.box_sides)
         data["box_fractions"] = _quantiles(self.box_fractions)
         return data
-
-
-# --------------------------------------------------------------------------- splits
-
-
-def check_fractions(fractions: tuple[float, ...]) -> None:
-    """Three non-negative fractions summing to 1 with a positive train part."""
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or fractions[0] <= 0:
-        raise MedistillError(f"--split needs three fractions TRAIN VAL TEST, train > 0, none "
-                             f"negative (e.g. 0.8 0.1 0.1), got {list(fractions)}")
-    if abs(sum(fractions) - 1.0) > 1e-3:
-        raise MedistillError(f"--split fractions must sum to 1, got {list(fractions)} "
-                             f"(sum {sum(fractions):g})")
-
-
-def sample_group(sample: Sample, group_pattern: str = DEFAULT_GROUP_PATTERN) -> str:
-    """The group a sample is split with: its volume, its stem's pattern match, or its stem.
-
-    >>> from pathlib import Path
-    >>> sample_group(Sample("brain_z012", Path("brain_z012.png")))
-    'brain'
-    >>> sample_group(Sample("brain_z012", Path("brain_z012.png")), group_pattern="")
-    'brain_z012'
-    """
-    if sample.slice_index is not None:
-        return f"volume:{sample.image_path}"
-    if group_pattern:
-        match = re.match(group_pattern, sample.stem)
-        if match:
-            return match.group(1) if match.groups() else match.group(0)
-    return sample.stem
-
-
-def split_counts(groups: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
-    """How many groups go to train, val and test.
-
-    Rounded from the fractions; a split with a positive fraction gets at least one group
-    when there are enough groups (val from 2 groups on, test from 3), train always keeps
-    one.
-
-    >>> split_counts(10, (0.8, 0.1, 0.1)), split_counts(3, (0.8, 0.1, 0.1)), split_counts(1, (0.8, 0.1, 0.1))
-    ((8, 1, 1), (1, 1, 1), (1, 0, 0))
-    """
-    val = int(round(groups * fractions[1]))
-    test = int(round(groups * fractions[2]))
-    if fractions[1] > 0 and groups >= 2:
-        val = max(val, 1)
-    if fractions[2] > 0 and groups >= 3:
-        test = max(test, 1)
-    while groups - val - test < 1 and (val or test):
-        if test >= val and test:
-            test -= 1
-        else:
-            val -= 1
-    return groups - val - test, val, test
-
-
-def assign_splits(
-    samples: list[Sample],
-    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
-    seed: int = 0,
-    group_pattern: str = DEFAULT_GROUP_PATTERN,
-) -> dict[str, list[Sample]]:
-    """``{"train": [...], "val": [...], "test": [...]}``, split by group, deterministic in ``seed``.
-
-    The groups are sorted by name and permuted with ``numpy.random.default_rng(seed)``,
-    so the result depends only on the group names, the fractions and the seed.
-    """
-    check_fractions(fractions)
-    groups: dict[str, list[Sample]] = {}
-    for sample in samples:
-        groups.setdefault(sample_group(sample, group_pattern), []).append(sample)
-    names = sorted(groups)
-    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
-    n_train, n_val, _ = split_counts(len(names), fractions)
-    chosen = {"train": order[:n_train], "val": order[n_train:n_train + n_val],
-              "test": order[n_train + n_val:]}
-    return {split: sorted((s for g in chosen[split] for s in groups[g]), key=lambda s: s.stem)
-            for split in SPLITS}
-
-
-# --------------------------------------------------------------------------- images and labels
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """An 8-bit copy of an image: 0..255 integers unchanged, anything else min-max stretched.
-
-    >>> to_uint8(np.array([[0.0, 128.0, 255.0]])).tolist()
-    [[0, 128, 255]]
-    >>> to_uint8(np.array([[1000.0, 1500.0, 3000.0]])).tolist()
-    [[0, 64, 255]]
-    """
-    image = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    if image.size == 0:
-        return image.astype(np.uint8)
-    low, high = float(image.min()), float(image.max())
-    if low >= 0 and high <= 255 and np.array_equal(image, np.round(image)):
-        return image.astype(np.uint8)
-    if high <= low:
-        return np.zeros(image.shape, np.uint8)
-    return np.rint((image - low) / (high - low) * 255.0).astype(np.uint8)
-
-
-def yolo_label_lines(boxes: list[Box], width: int, height: int) -> list[str]:
-    """One ``"class xc yc w h"`` line per box, normalised, six decimals.
-
-    >>> yolo_label_lines([Box(3, 2, 8, 6, class_id=0)], width=16, height=8)
-    ['0 0.343750 0.500000 0.312500 0.500000']
-    """
-    lines = []
-    for box in boxes:
-        xc, yc, w, h = box.to_yolo(width, height)
-        lines.append(f"{box.class_id} {xc:.6f} {yc:.6f} {w:.6f} {h:.6f}")
-    return lines
-
-
-def read_yolo_labels(path: str | os.PathLike, width: int, height: int) -> list[Box]:
-    """The boxes of a YOLO label file, in pixels of a ``width`` x ``height`` image."""
-    path = Path(path)
-    if not path.is_file():
-        return []  # ultralytics treats a missing label file as an image without objects
-    boxes = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        parts = line.split()
-        if not parts:
-            continue
-        try:
-            class_id, values = int(parts[0]), [float(v) for v in parts[1:5]]
-        except ValueError as error:
-            raise DataError(f"{path} line {number}: {line!r} is not 'class xc yc w h'") from error
-        if len(parts) != 5:
-            raise DataError(f"{path} line {number}: {line!r} is not 'class xc yc w h' "
-                            "(this reader handles detection labels only)")
-        boxes.append(Box.from_yolo(*values, width=width, height=height, class_id=class_id))
-    return boxes
 
 
 # --------------------------------------------------------------------------- the whole set
