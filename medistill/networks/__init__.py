@@ -25,7 +25,7 @@ from medistill.networks.blocks import (
     LogitHead,
     UpsampleConcat,
 )
-from medistill.networks.features import feature_model, feature_names
+from medistill.networks.features import feature_model, feature_names, head_names
 from medistill.networks.lcovnet import LACBHigh, LACBLow, build_lcovnet
 from medistill.networks.registry import (
     STUDENTS,
@@ -58,6 +58,7 @@ __all__ = [
     "count_flops",
     "feature_model",
     "feature_names",
+    "head_names",
     "model_summary",
     "student_options",
     "student_stride",

@@ -10,6 +10,8 @@ Example:
 >>> outputs = feature_model(model, ["enc2", "penultimate"])(np.zeros((1, 8, 8, 1), "float32"))
 >>> {name: tuple(value.shape) for name, value in outputs.items()}
 {'logits': (1, 8, 8, 1), 'enc2': (1, 4, 4, 8), 'penultimate': (1, 8, 8, 4)}
+>>> head_names(model), head_names(build_unet(1, 1, base_filters=4, depth=2, deep_supervision=True))
+([], ['aux1', 'aux2'])
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from medistill.networks.registry import StudentError
 # The contract of docs/DESIGN.md, in the order feature_names lists it.
 _FEATURE_GROUPS = ("enc", "bottleneck", "dec", "penultimate", "aux")
 _FEATURE_NAME = re.compile(r"^(enc|dec|aux)(\d+)$|^(bottleneck|penultimate)$")
+_HEAD_NAME = re.compile(r"^aux(\d+)$")
 
 
 def feature_names(model: keras.Model) -> list[str]:
@@ -36,6 +39,12 @@ def feature_names(model: keras.Model) -> list[str]:
             index = int(match.group(2) or 0)
             found.append((_FEATURE_GROUPS.index(group), index, layer.name))
     return [name for _, _, name in sorted(found)]
+
+
+def head_names(model: keras.Model) -> list[str]:
+    """The deep-supervision heads ``aux1``…, coarsest first; the last is the main logits
+    (empty for a student built without ``deep_supervision``)."""
+    return [name for name in feature_names(model) if _HEAD_NAME.match(name)]
 
 
 def feature_model(model: keras.Model, names: str | Iterable[str]) -> keras.Model:

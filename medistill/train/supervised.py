@@ -1,5 +1,9 @@
 """The supervised baseline: a student trained on masks with BCE/CE + Dice.
 
+A student built with ``deep_supervision=True`` is trained on every head ``aux1``… (the
+sum over heads of BCE/CE + Dice, :func:`medistill.losses.kamsd.deep_supervision_loss_per_example`,
+as EDSDF and nnU-Net do); otherwise only its logits are. Validation reads the logits.
+
 It is the upper bound the unsupervised pipeline is compared with, and the smallest
 :class:`~medistill.train.method.TrainingMethod`: data from the data layer, a student from
 ``medistill.networks``, a per-example loss under ``tf.distribute``; the skeleton
@@ -22,7 +26,8 @@ import tensorflow as tf
 from medistill.data import AugmentConfig, PreprocessConfig, epoch_datasets, make_dataset
 from medistill.export import ModelCard
 from medistill.losses import hard_dice_per_example, predicted_labels, segmentation_loss
-from medistill.networks import build_student
+from medistill.losses.kamsd import deep_supervision_loss_per_example
+from medistill.networks import build_student, feature_model, head_names
 from medistill.train.config import TrainConfig
 from medistill.train.data_setup import count_classes, training_samples
 from medistill.train.method import EpochPlan, TrainingMethod, run_training
@@ -97,6 +102,10 @@ class SupervisedTraining(TrainingMethod):
         outputs = 1 if self.num_classes == 2 else self.num_classes
         self.student = build_student(config.student, in_channels=config.channels, num_classes=outputs,
                                      **config.student_options)
+        self.heads = head_names(self.student)
+        self.forward = feature_model(self.student, self.heads) if self.heads else None
+        if self.heads:
+            log.info("deep supervision: the loss sums over heads %s", ", ".join(self.heads))
         self.optimizer = make_optimizer(config, plan.steps)
         self.optimizer.build(self.student.trainable_variables)
 
@@ -107,13 +116,21 @@ class SupervisedTraining(TrainingMethod):
         x, y = batch_xy
         model = self.student
         with tf.GradientTape() as tape:
-            per_example = segmentation_loss(y, model(x, training=True))
+            per_example = self.loss_per_example(x, y)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.plan.batch)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
         grads = tape.gradient(loss, model.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return {"loss": loss}
+
+    def loss_per_example(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        """BCE/CE + Dice of the logits, or summed over every deep-supervision head: ``(B,)``."""
+        if self.forward is None:
+            return segmentation_loss(y, self.student(x, training=True))
+        outputs = self.forward(x, training=True)
+        channels = int(self.student.outputs[0].shape[-1])
+        return deep_supervision_loss_per_example(y, [outputs[h] for h in self.heads], channels)
 
     def validation(self):
         if not self.val:

@@ -26,15 +26,9 @@ import re
 import keras
 import tensorflow as tf
 
-from medistill.networks import feature_names
+from medistill.networks import feature_names, head_names  # head_names: re-exported for the recipes
 
-_AUX = re.compile(r"^aux(\d+)$")
 _ENC = re.compile(r"^enc(\d+)$")
-
-
-def head_names(model: keras.Model) -> list[str]:
-    """The deep-supervision heads ``aux1``…, coarsest first (empty without them)."""
-    return [name for name in feature_names(model) if _AUX.match(name)]
 
 
 def encoder_names(model: keras.Model) -> list[str]:
