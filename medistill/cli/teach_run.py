@@ -39,6 +39,11 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                        help="images per encoder call (default: the backend's, 1 where batching was not faster)")
     group.add_argument("--teacher-threads", type=int,
                        help="threads of ONNX Runtime / OpenVINO (default: every core)")
+    group.add_argument("--teacher-resize", default="area", choices=("area", "bilinear"),
+                       help="how an image's longest side is brought to 256: area is LiteMedSAM's official "
+                       "preprocessing (its weights were trained so); bilinear matches pipelines that upscale "
+                       "bilinearly (small images give different masks). A teacher cache records it and refuses "
+                       "the other")
 
 
 def use_runtime_from_args(args: argparse.Namespace):
@@ -46,7 +51,8 @@ def use_runtime_from_args(args: argparse.Namespace):
     from medistill.teachers.registry import TeacherRuntime, use_runtime
 
     runtime = TeacherRuntime(backend=args.teacher_backend, precision=args.teacher_precision,
-                             encode_batch=args.teacher_batch, threads=args.teacher_threads)
+                             encode_batch=args.teacher_batch, threads=args.teacher_threads,
+                             resize=args.teacher_resize)
     use_runtime(runtime)
     return runtime
 

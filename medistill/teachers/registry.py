@@ -37,19 +37,22 @@ _FACTORIES: dict[str, TeacherFactory] = {}
 _TAKES_RUNTIME: set[str] = set()
 BACKEND_CHOICES = ("auto", "keras", "onnxruntime", "openvino")
 PRECISION_CHOICES = ("fp32", "bf16")
+RESIZE_CHOICES = ("area", "bilinear")
 
 
 @dataclass(frozen=True)
 class TeacherRuntime:
     """Where a teacher runs: ``backend`` (``auto`` = the fastest that passed parity, see
     :data:`medistill.teachers.litemedsam.backends.DEFAULT_BACKEND`), ``precision``,
-    ``encode_batch`` (images per encoder call; None: the backend's default) and ``threads``
-    (None: every core)."""
+    ``encode_batch`` (images per encoder call; None: the backend's default), ``threads``
+    (None: every core) and ``resize`` (how the image is brought to the encoder's size:
+    ``area``, LiteMedSAM's own, or ``bilinear``; recorded in a cache's provenance)."""
 
     backend: str = "auto"
     precision: str = "fp32"
     encode_batch: int | None = None
     threads: int | None = None
+    resize: str = "area"
 
     def __post_init__(self) -> None:
         if self.backend not in BACKEND_CHOICES:
@@ -57,6 +60,8 @@ class TeacherRuntime:
         if self.precision not in PRECISION_CHOICES:
             raise MedistillError(f"--teacher-precision {self.precision!r} is not one of "
                                  f"{', '.join(PRECISION_CHOICES)}")
+        if self.resize not in RESIZE_CHOICES:
+            raise MedistillError(f"--teacher-resize {self.resize!r} is not one of {', '.join(RESIZE_CHOICES)}")
         for name in ("encode_batch", "threads"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
@@ -65,7 +70,8 @@ class TeacherRuntime:
     @property
     def is_default(self) -> bool:
         """Whether it asks nothing of a teacher but to run as it is (``threads`` is only a cap)."""
-        return (self.backend in ("auto", "keras") and self.precision == "fp32" and self.encode_batch is None)
+        return (self.backend in ("auto", "keras") and self.precision == "fp32" and self.encode_batch is None
+                and self.resize == "area")
 
 
 _RUNTIME = TeacherRuntime()
@@ -113,8 +119,8 @@ def build_teacher(spec: str, runtime: TeacherRuntime | None = None) -> Teacher:
     if kind in _TAKES_RUNTIME:
         return _FACTORIES[kind](argument, runtime)
     if not runtime.is_default:
-        raise MedistillError(f"teacher {kind!r} runs only as it is: --teacher-backend, --teacher-precision and "
-                             "--teacher-batch apply to litemedsam; leave them at their defaults")
+        raise MedistillError(f"teacher {kind!r} runs only as it is: --teacher-backend, --teacher-precision, "
+                             "--teacher-batch and --teacher-resize apply to litemedsam; leave them at their defaults")
     return _FACTORIES[kind](argument)
 
 
@@ -125,7 +131,7 @@ def _litemedsam(argument: str | None, runtime: TeacherRuntime) -> Teacher:
     backend = DEFAULT_BACKEND if runtime.backend == "auto" else runtime.backend
     batch = runtime.encode_batch or DEFAULT_ENCODE_BATCH[backend]
     return LiteMedSAMTeacher(argument, backend=backend, precision=runtime.precision, encode_batch=batch,
-                             threads=runtime.threads)
+                             threads=runtime.threads, resize=runtime.resize)
 
 
 def _grabcut(argument: str | None) -> Teacher:

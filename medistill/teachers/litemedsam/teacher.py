@@ -42,12 +42,16 @@ class LiteMedSAMTeacher(EncoderTeacher):
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, box_batch: int = 16,
                  compiled: bool = True, backend: str = "keras", precision: str = "fp32",
-                 encode_batch: int = 1, threads: int | None = None) -> None:
-        """``compiled=False`` runs Keras eagerly: slower per image, but no tracing (~20 s on CPU)."""
+                 encode_batch: int = 1, threads: int | None = None, resize: str = "area") -> None:
+        """``compiled=False`` runs Keras eagerly: slower per image, but no tracing (~20 s on CPU).
+        ``resize``: ``area`` (LiteMedSAM's own) or ``bilinear`` upscaling (:mod:`.preprocessing`)."""
         from medistill.teachers.litemedsam.backends import check_backend, make_runner
         from medistill.teachers.litemedsam.convert import load_litemedsam
 
         check_backend(backend, precision)
+        if resize not in prep.RESIZE_CHOICES:
+            raise ValueError(f"resize must be one of {', '.join(prep.RESIZE_CHOICES)}, got {resize!r}")
+        self.resize = resize
         self.model, self.info = load_litemedsam(checkpoint)
         self.weights_hash = str(self.info["sha256"])
         self.checkpoint = self.info["checkpoint"]
@@ -59,7 +63,7 @@ class LiteMedSAMTeacher(EncoderTeacher):
 
     @property
     def preprocessing(self) -> dict[str, Any]:
-        return {"image_size": self.model.image_size, "channels": 3, "resize": "longest side, cv2 INTER_AREA",
+        return {"image_size": self.model.image_size, "channels": 3, "resize": prep.RESIZE_CHOICES[self.resize],
                 "normalisation": "minmax after resize", "padding": "zeros bottom/right",
                 "boxes": "trunc(box * size / max(H, W))",
                 "masks": "crop, bilinear resize of logits, sigmoid"}
@@ -91,7 +95,7 @@ class LiteMedSAMTeacher(EncoderTeacher):
         return self.model.image_size
 
     def encoder_input(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
-        return prep.preprocess_image(image, self.model.image_size)
+        return prep.preprocess_image(image, self.model.image_size, self.resize)
 
     def decode_boxes(self, embedding: np.ndarray, geometry: Geometry,
                      boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

