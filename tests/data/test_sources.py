@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from medistill.data import sources
+from medistill.data import installed_data
 from medistill.data.sources import SOURCES, export_source, png_intensities
 from medistill.errors import MedistillError
 
@@ -75,7 +75,7 @@ def test_nuclei_tiles_cover_the_image(tmp_path):
     ("mni152", "pip install nilearn==0.14.1"),
 ])
 def test_missing_package_says_how_to_install(tmp_path, monkeypatch, name, hint):
-    monkeypatch.setattr(sources, "_package_dir", lambda package: None)
+    monkeypatch.setattr(installed_data, "package_dir", lambda package: None)
     with pytest.raises(MedistillError, match="not installed") as caught:
         export_source(name, tmp_path / "out")
     assert hint in str(caught.value) and "make venv" in str(caught.value)
@@ -83,8 +83,8 @@ def test_missing_package_says_how_to_install(tmp_path, monkeypatch, name, hint):
 
 
 def test_missing_colin27_says_apt_get(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "_dpkg_template_dirs", lambda: [])
-    monkeypatch.setattr(sources, "COLIN27_DIRS", (tmp_path / "nowhere",))
+    monkeypatch.setattr(installed_data, "dpkg_template_dirs", lambda: [])
+    monkeypatch.setattr(installed_data, "COLIN27_DIRS", (tmp_path / "nowhere",))
     assert not SOURCES["colin27"].available()
     with pytest.raises(MedistillError, match="sudo apt-get install mricron-data"):
         export_source("colin27", tmp_path / "out")
