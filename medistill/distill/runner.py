@@ -41,7 +41,7 @@ from medistill.distribute import barrier, chief_by_tf_config
 from medistill.errors import MedistillError
 from medistill.export import ModelCard
 from medistill.train.config import TrainConfig
-from medistill.train.data_setup import count_classes, training_samples
+from medistill.train.data_setup import config_samples, count_classes
 from medistill.train.method import EpochPlan, TrainingMethod, run_training
 from medistill.train.run_folder import check_run_folder, prepare_run_folder, release_run_folder
 from medistill.train.session import RunSession
@@ -157,8 +157,7 @@ class RecipeTraining(TrainingMethod):
 
 def _samples(config: TrainConfig) -> tuple[list, list, int]:
     """Training and validation samples as the supervised trainer reads them, and the class count."""
-    train, val = training_samples(config.data, mask_suffix=config.mask_suffix, mask_mode=config.mask_mode,
-                                  val_fraction=config.val_fraction, seed=config.seed, skip_bad=config.skip_bad)
+    train, val = config_samples(config)
     return train, val, config.num_classes or count_classes(train + val, config.mask_mode)
 
 
