@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from medistill.cli.options import add_mask_options
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image_dir", "--image-dir", required=True, help="folder of images to segment")
@@ -15,8 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pred_dir", "--pred-dir", help="folder for predicted masks (default VIS_DIR/predictions)")
     parser.add_argument("--threshold", type=float, default=0.5, help="on probabilities, binary models (default 0.5)")
     parser.add_argument("--num_vis", "--num-vis", type=int, default=20, help="how many overlay panels")
-    parser.add_argument("--mask-suffix", default="", help="mask stem = image stem + this (e.g. _mask)")
-    parser.add_argument("--mask-mode", default="auto", choices=("auto", "binary", "labels"))
+    add_mask_options(parser)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable or mismatched files with a warning")
 
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     predict_and_evaluate(EvalConfig(
         image_dir=args.image_dir, model_path=args.model_path, mask_dir=args.mask_dir,
         vis_dir=args.vis_dir, out=args.out, pred_dir=args.pred_dir, threshold=args.threshold,
-        num_vis=args.num_vis, mask_suffix=args.mask_suffix, mask_mode=args.mask_mode,
+        num_vis=args.num_vis, mask_suffix=args.mask_suffix, mask_mode=args.mask_mode, mask_pattern=args.mask_pattern,
         batch=args.batch, skip_bad=args.skip_bad,
     ))
     return 0
