@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medistill.cli.options import json_object
+from medistill.cli.options import add_mask_options, json_object
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,8 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--normalisation", default="minmax", choices=("minmax", "zscore"))
     parser.add_argument("--clip-percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="clip intensities to these percentiles first (CT/MRI), e.g. 0.5 99.5")
-    parser.add_argument("--mask-suffix", default="", help="mask file stem = image stem + this (e.g. _mask)")
-    parser.add_argument("--mask-mode", default="auto", choices=("auto", "binary", "labels"))
+    add_mask_options(parser)
     parser.add_argument("--num-classes", type=int, help="classes incl. background (default: from the masks)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch", type=int, default=8, help="global batch size")
@@ -53,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, student=args.student, student_options=options,
         img_size=args.img_size, channels=args.channels, normalisation=args.normalisation,
         clip_percentiles=list(args.clip_percentiles) if args.clip_percentiles else None,
-        mask_suffix=args.mask_suffix, mask_mode=args.mask_mode, num_classes=args.num_classes,
+        mask_suffix=args.mask_suffix, mask_pattern=args.mask_pattern, mask_mode=args.mask_mode,
+        num_classes=args.num_classes,
         epochs=args.epochs, batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
         optimizer=args.optimizer, schedule=args.schedule, val_fraction=args.val_fraction,
         patience=args.patience, augment=args.augment, seed=args.seed,

@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +149,16 @@ def class_names_of(parts_by_image: Sequence[Sequence[MaskPart]]) -> list[str]:
     """The class names in label order (label k is entry k-1); empty without ``{class}``."""
     labels = {part.label: part.name for parts in parts_by_image for part in parts if part.name}
     return [labels.get(label, f"label_{label}") for label in range(1, max(labels, default=0) + 1)]
+
+
+def renumber_parts(parts: Sequence[MaskPart], names: Sequence[str]) -> tuple[MaskPart, ...]:
+    """``parts`` with labels from ``names`` (label k is ``names[k-1]``); parts without a class keep theirs.
+
+    Two folders (train/ and val/) number the classes each of them holds; renumbering both
+    by the union of their names gives one numbering (:func:`medistill.data.samples.number_classes_together`).
+    """
+    labels = {name: index + 1 for index, name in enumerate(names)}
+    return tuple(replace(part, label=labels[part.name]) if part.name else part for part in parts)
 
 
 def _pattern_problem(pattern: str, parts: list[str]) -> str | None:

@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,13 @@ from medistill.data.io import (
     volume_shape,
     volume_slice,
 )
-from medistill.data.mask_layout import MaskPart, MaskPattern, merge_mask_parts
+from medistill.data.mask_layout import (
+    MaskPart,
+    MaskPattern,
+    class_names_of,
+    merge_mask_parts,
+    renumber_parts,
+)
 from medistill.errors import DataError, DataProblem, problems_error
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
@@ -174,6 +180,21 @@ def pair_folder(
         where = f"{image_dir}" + (f" with masks in {mask_dir}" if mask_dir else "")
         raise problems_error(found, f"cannot pair the images in {where}:")
     return sorted(samples, key=lambda sample: sample.stem)
+
+
+def number_classes_together(*groups: list[Sample]) -> list[list[Sample]]:
+    """The sample lists with their mask-pattern classes numbered over all of them.
+
+    Each folder paired with a ``{class}`` pattern numbers the classes it holds, so a
+    val/ folder without one of train/'s classes would shift the labels; here the class
+    names of every list, sorted, become labels 1..K in all of them. Lists without
+    ``{class}`` parts come back unchanged.
+    """
+    names = sorted(set().union(*(class_names_of([s.mask_parts for s in group]) for group in groups)))
+    if not names:
+        return [list(group) for group in groups]
+    return [[replace(s, mask_parts=renumber_parts(s.mask_parts, names)) if s.mask_parts else s for s in group]
+            for group in groups]
 
 
 def _pair_with_masks(
@@ -380,10 +401,18 @@ def _split_folders(folder: Path, required: bool = False) -> tuple[Path, Path | N
                         f"in {_EXTENSION_LIST})")
     if not masks.is_dir():
         return images, None
-    if not _files_with_extension(masks):
+    if not _holds_masks(masks):
         raise DataError(f"the mask folder {masks} holds no masks; add them, or remove the "
                         "folder for an unlabelled set")
     return images, masks
+
+
+def _holds_masks(folder: Path) -> bool:
+    """Mask files directly in ``folder``, or in its visible subfolders (one folder per class)."""
+    if _files_with_extension(folder):
+        return True
+    return any(path.is_dir() and not path.name.startswith(".") and _holds_masks(path)
+               for path in folder.iterdir())
 
 
 def _layout_message(root: Path) -> str:

@@ -51,8 +51,13 @@ class EvalConfig:
     mask_mode: str = "auto"
     batch: int = 8
     skip_bad: bool = False
+    mask_pattern: str | None = None
 
     def __post_init__(self) -> None:
+        if self.mask_pattern and self.mask_suffix:
+            raise MedistillError("give either --mask-suffix or --mask-pattern, not both")
+        if self.mask_pattern and not self.mask_dir:
+            raise MedistillError("--mask-pattern needs --mask_dir (the folder the pattern looks in)")
         if not 0.0 < self.threshold < 1.0:
             raise MedistillError(f"--threshold is a probability: it must lie in (0, 1), got {self.threshold}")
         if self.batch < 1:
@@ -69,7 +74,7 @@ class EvalConfig:
 def _samples(config: EvalConfig):
     problems: list[DataProblem] = []
     samples = pair_folder(config.image_dir, config.mask_dir, mask_suffix=config.mask_suffix,
-                          mask_mode=config.mask_mode, problems=problems)
+                          mask_mode=config.mask_mode, problems=problems, mask_pattern=config.mask_pattern)
     return validate_samples(samples, skip_bad=config.skip_bad, mask_mode=config.mask_mode,
                             problems=problems)
 

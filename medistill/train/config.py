@@ -43,6 +43,17 @@ def student_checks(config: Any) -> list[tuple[bool, str]]:
     return []
 
 
+def check_mask_layout(config: Any) -> None:
+    """Refuse ``--mask-suffix`` with ``--mask-pattern``, and a malformed pattern, before any file is read."""
+    if not getattr(config, "mask_pattern", None):
+        return
+    if config.mask_suffix:
+        raise MedistillError("give either --mask-suffix or --mask-pattern, not both")
+    from medistill.data.mask_layout import MaskPattern
+
+    MaskPattern(config.mask_pattern)
+
+
 def check_settings(checks: list[tuple[bool, str]]) -> None:
     """Raise :class:`MedistillError` with the message of the first failed ``(ok, message)``."""
     for ok, message in checks:
@@ -64,6 +75,7 @@ class TrainConfig:
     normalisation: str = "minmax"
     clip_percentiles: list[float] | None = None
     mask_suffix: str = ""
+    mask_pattern: str | None = None
     mask_mode: str = "auto"
     num_classes: int | None = None
     epochs: int = 30
@@ -90,6 +102,7 @@ class TrainConfig:
             (self.schedule in ("cosine", "constant"), "--schedule must be cosine or constant"),
             (self.num_classes is None or self.num_classes >= 2, "--num-classes counts background: at least 2"),
         ])
+        check_mask_layout(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

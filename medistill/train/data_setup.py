@@ -6,11 +6,13 @@ import logging
 import random
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from medistill.data import Sample, find_splits, load_sample, pair_folder, validate_samples
+from medistill.data.samples import number_classes_together
 from medistill.errors import DataError, DataProblem
 
 log = logging.getLogger("medistill.train")
@@ -40,12 +42,14 @@ def split_by_source(samples: list[Sample], fraction: float, seed: int) -> tuple[
 
 def training_samples(
     data_dir: str | Path, *, mask_suffix: str = "", mask_mode: str = "auto",
-    val_fraction: float = 0.2, seed: int = 0, skip_bad: bool = False,
+    val_fraction: float = 0.2, seed: int = 0, skip_bad: bool = False, mask_pattern: str | None = None,
 ) -> tuple[list[Sample], list[Sample]]:
     """Training and validation samples of a data-set folder, validated.
 
     Uses ``train/`` and ``val/`` when the folder has them; otherwise holds out
-    ``val_fraction`` of the images (by source file) for validation.
+    ``val_fraction`` of the images (by source file) for validation. ``mask_pattern``
+    pairs several mask files per image (:mod:`medistill.data.mask_layout`); with
+    ``{class}`` the classes are numbered over train/ and val/ together.
     """
     splits = find_splits(data_dir)
     train_key = "train" if "train" in splits else "all" if "all" in splits else None
@@ -57,12 +61,13 @@ def training_samples(
         if masks is None:
             raise DataError(f"{images.parent}: no masks/ folder next to images/; supervised training needs masks")
         problems: list[DataProblem] = []
-        samples = pair_folder(images, masks, mask_suffix=mask_suffix, mask_mode=mask_mode, problems=problems)
+        samples = pair_folder(images, masks, mask_suffix=mask_suffix, mask_mode=mask_mode, problems=problems,
+                              mask_pattern=mask_pattern)
         return validate_samples(samples, skip_bad=skip_bad, mask_mode=mask_mode, problems=problems)
 
     train = checked(train_key)
     if "val" in splits:
-        val = checked("val")
+        train, val = number_classes_together(train, checked("val"))
     else:
         train, val = split_by_source(train, val_fraction, seed)
         if val_fraction > 0 and not val:
@@ -72,6 +77,13 @@ def training_samples(
                         data_dir, len(train), val_fraction)
     log.info("data: %d training and %d validation images from %s", len(train), len(val), data_dir)
     return train, val
+
+
+def config_samples(config: Any) -> tuple[list[Sample], list[Sample]]:
+    """:func:`training_samples` with the data settings of a run's config (``TrainConfig`` and its kin)."""
+    return training_samples(config.data, mask_suffix=config.mask_suffix, mask_mode=config.mask_mode,
+                            val_fraction=config.val_fraction, seed=config.seed, skip_bad=config.skip_bad,
+                            mask_pattern=config.mask_pattern)
 
 
 def count_classes(samples: list[Sample], mask_mode: str = "auto") -> int:

@@ -29,7 +29,7 @@ from medistill.losses import hard_dice_per_example, predicted_labels, segmentati
 from medistill.losses.kamsd import deep_supervision_loss_per_example
 from medistill.networks import build_student, feature_model, head_names
 from medistill.train.config import TrainConfig
-from medistill.train.data_setup import count_classes, training_samples
+from medistill.train.data_setup import config_samples, count_classes
 from medistill.train.method import EpochPlan, TrainingMethod, run_training
 from medistill.train.session import RunSession
 
@@ -81,9 +81,7 @@ class SupervisedTraining(TrainingMethod):
     def check_inputs(self) -> None:
         # Every file is read here, before the run folder is touched: bad data writes nothing.
         config = self.config
-        self.train, self.val = training_samples(config.data, mask_suffix=config.mask_suffix,
-                                                mask_mode=config.mask_mode, val_fraction=config.val_fraction,
-                                                seed=config.seed, skip_bad=config.skip_bad)
+        self.train, self.val = config_samples(config)
         self.num_classes = config.num_classes or count_classes(self.train + self.val, config.mask_mode)
         self.pre = preprocess_config(config)
 

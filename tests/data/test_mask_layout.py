@@ -122,3 +122,20 @@ def test_the_box_commands_read_both_layouts(tmp_path):
     assert sorted(box.class_id for box in boxes.by_stem()["a"].boxes) == [0, 1]
     assert main(["detect", "boxes-from-masks", "--mask_dir", str(folders / "masks"), "--mask-pattern",
                  "{class}/{stem}.png", "--out", str(tmp_path / "never.json")]) == 2  # needs the images
+
+
+def test_train_and_val_folders_share_one_class_numbering(tmp_path):
+    """val/ without a class of train/ must not shift the labels; a class-folder masks/ is a split."""
+    from medistill.data import find_splits
+    from medistill.train.data_setup import training_samples
+
+    for split, classes in (("train", ("cyst", "lesion")), ("val", ("lesion",))):
+        for stem in ("a", "b"):
+            write_image_png(tmp_path / split / "images" / f"{split}{stem}.png", np.full((16, 16), 50, np.uint8))
+            for name in classes:
+                write_mask_png(tmp_path / split / "masks" / name / f"{split}{stem}.png",
+                               square(0, 0, 4) if name == "lesion" else square(8, 8, 4))
+    assert set(find_splits(tmp_path)) == {"train", "val"}
+    train, val = training_samples(tmp_path, mask_pattern="{class}/{stem}.png")
+    assert load_sample(train[0])[1][0, 0] == 2 and load_sample(train[0])[1][8, 8] == 1
+    assert load_sample(val[0])[1][0, 0] == 2  # 'lesion' is label 2 in val/ too, though val/ has no 'cyst'
