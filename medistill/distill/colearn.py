@@ -57,8 +57,11 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from medistill.data.preprocess import Geometry
 from medistill.errors import MedistillError
 from medistill.losses.distillation import flat_mask_pair
+from medistill.teachers.litemedsam.preprocessing import IMAGE_SIZE as LITEMEDSAM_SIZE
+from medistill.teachers.litemedsam.preprocessing import scale_boxes
 
 NO_BOX_LOGIT = -100.0  # logit of an image without a valid box (probability set to exactly 0)
 
@@ -243,6 +246,12 @@ def colearn_loss_per_example(decoder_logits: tf.Tensor, student_prob: tf.Tensor,
     labels = tf.cast(student > 0.5, tf.float32)
     bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
     return tf.math.divide_no_nan(tf.reduce_sum(bce * selected, axis=1), tf.reduce_sum(selected, axis=1))
+
+
+def boxes_in_teacher_frame(boxes: np.ndarray, height: int, width: int,
+                           size: int = LITEMEDSAM_SIZE) -> np.ndarray:
+    """Original-pixel boxes → LiteMedSAM's ``size`` frame, scaled and truncated as the teacher did."""
+    return scale_boxes(np.asarray(boxes, np.float32).reshape(-1, 4), Geometry.for_size(height, width, size), size)
 
 
 def pad_boxes(per_image: Sequence[np.ndarray], max_boxes: int | None = None) -> tuple[np.ndarray, np.ndarray]:

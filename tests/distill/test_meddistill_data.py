@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from medistill.boxes.boxes_file import read_boxes, write_boxes
+from medistill.distill.colearn import boxes_in_teacher_frame
 from medistill.boxes.oracle import boxes_from_masks
 from medistill.data.phantoms import generate_phantoms
 from medistill.data.preprocess import Geometry, PreprocessConfig, preprocess_image
@@ -89,7 +90,7 @@ def test_features_land_on_the_student_grid():
 
 
 def test_boxes_go_to_the_256_frame_as_the_teacher_scales_them():
-    boxes = md.boxes_in_teacher_frame(np.array([[10, 12.5, 30, 40]]), height=64, width=50)
+    boxes = boxes_in_teacher_frame(np.array([[10, 12.5, 30, 40]]), height=64, width=50)
     np.testing.assert_array_equal(boxes, [[40, 50, 120, 160]])  # x 256/64, truncated
 
 

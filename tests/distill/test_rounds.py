@@ -315,6 +315,7 @@ def test_real_rounds_on_phantoms_export_the_selected_round(tmp_path, monkeypatch
     from medistill.data.phantoms import generate_phantoms
     from medistill.evaluate.predict_eval import EvalConfig, predict_and_evaluate
     from medistill.export import load_predictor
+    from medistill.train import method as method_module
     from medistill.train.loop import TrainingLoop
 
     generate_phantoms(tmp_path / "ph", 10, size=64, seed=0)
@@ -337,7 +338,7 @@ def test_real_rounds_on_phantoms_export_the_selected_round(tmp_path, monkeypatch
             return super().fit(*args, **kwargs)
 
     monkeypatch.setattr(rounds, "predict_images", predict)
-    monkeypatch.setattr(trainer_module, "TrainingLoop", SpyLoop)
+    monkeypatch.setattr(method_module, "TrainingLoop", SpyLoop)  # the skeleton every trainer runs on
     out = tmp_path / "out"
     config = MedDistillConfig(image_dir=str(tmp_path / "ph" / "images"), boxes=str(tmp_path / "boxes.json"),
                               out=str(out), teacher="grabcut", student="unet", student_options=TINY, img_size=64,

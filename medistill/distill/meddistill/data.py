@@ -49,13 +49,11 @@ from tqdm.auto import tqdm
 from medistill.boxes.boxes_file import BoxesFile, ImageBoxes, image_path
 from medistill.data.preprocess import Geometry, PreprocessConfig, preprocess_image
 from medistill.data.samples import Sample, load_sample_image
-from medistill.distill.colearn import pad_boxes
+from medistill.distill.colearn import boxes_in_teacher_frame, pad_boxes
 from medistill.errors import MedistillError
 from medistill.losses.label_free import inside_boxes, rasterise_boxes
 from medistill.teachers.base import Teacher
 from medistill.teachers.cache import CacheReader
-from medistill.teachers.litemedsam.preprocessing import IMAGE_SIZE as LITEMEDSAM_SIZE
-from medistill.teachers.litemedsam.preprocessing import scale_boxes
 from medistill.train.data_setup import split_by_source
 
 log = logging.getLogger("medistill.distill")
@@ -111,12 +109,6 @@ def features_to_grid(features: np.ndarray, grid: int) -> np.ndarray:
     method = "area" if grid < max(features.shape[:2]) else "bilinear"
     resized = tf.image.resize(features[None], (grid, grid), method=method)[0]
     return np.asarray(resized, np.float32).astype(np.float16)
-
-
-def boxes_in_teacher_frame(boxes: np.ndarray, height: int, width: int,
-                           size: int = LITEMEDSAM_SIZE) -> np.ndarray:
-    """Original-pixel boxes → LiteMedSAM's ``size`` frame, scaled and truncated as the teacher did."""
-    return scale_boxes(np.asarray(boxes, np.float32).reshape(-1, 4), Geometry.for_size(height, width, size), size)
 
 
 def targets_from_output(out) -> TeacherTargets:

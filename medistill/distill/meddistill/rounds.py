@@ -80,13 +80,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
 from medistill.boxes.boxes_file import Box, BoxesFile, ImageBoxes, read_boxes, write_boxes
 from medistill.distill.meddistill import data as md
 from medistill.distill.meddistill.config import MedDistillConfig
+from medistill.teachers.cache import CacheReader
 from medistill.distill.meddistill.prompts import (
     PromptRule,
     is_confirmed_negative,
@@ -275,19 +275,19 @@ def student_pass(config: MedDistillConfig, paths: RoundPaths, detector: BoxesFil
     entries, added, confirmed = [], {}, []
     teacher_scores, student_scores, first_scores, masks = [], [], [], {}
     first_cache = round_config(config, round_paths(config.out, 1)).cache_path()
-    with h5py.File(cache_path, "r") as cache, h5py.File(first_cache, "r") as first:
+    with CacheReader(cache_path) as cache, CacheReader(first_cache) as first:
+        finished = set(cache.stems)
         bar = tqdm(total=len(current.images), desc=f"round {k} student -> prompts", unit="image")
         for entry, prob in predict_images(paths.run, config.image_dir, current.images, config.batch):
             if prob.shape[:2] != (entry.height, entry.width):
                 raise MedistillError(f"{paths.run}: the student's map of {entry.stem!r} is {prob.shape[:2]}, "
                                      f"the image {entry.height}x{entry.width}; the run folder is damaged "
                                      "(delete it and rerun)")
-            group = cache.get(f"images/{entry.stem}")
-            if group is None:
+            if entry.stem not in finished:
                 raise MedistillError(f"{cache_path}: no entry for image {entry.stem!r}; the cache is not round "
                                      f"{k}'s (delete it and rerun to rebuild it)")
             for index in added_now.get(entry.stem, []):  # the teacher's verdict on the student's added boxes
-                if teacher_rejects(group["masks"][index:index + 1], entry.height, entry.width, rule)[0]:
+                if teacher_rejects(cache.masks(entry.stem, index)[None], entry.height, entry.width, rule)[0]:
                     rejected.setdefault(entry.stem, []).append(list(entry.boxes[index].xyxy))
                     stats["teacher_rejected"] += 1
             original = by_stem.get(entry.stem)
@@ -313,8 +313,8 @@ def student_pass(config: MedDistillConfig, paths: RoundPaths, detector: BoxesFil
             entries.append(dataclasses.replace(entry, boxes=merged.boxes))
             if entry.stem in heldout:
                 mask = prob > 0.5
-                teacher_scores.append(agreement(mask, group["fused"][()] > 0.5))
-                first_scores.append(agreement(mask, first[f"images/{entry.stem}/fused"][()] > 0.5))
+                teacher_scores.append(agreement(mask, cache.entry(entry.stem, features=False).fused > 0.5))
+                first_scores.append(agreement(mask, first.entry(entry.stem, features=False).fused > 0.5))
                 if entry.stem in previous_masks:
                     student_scores.append(agreement(mask, previous_masks[entry.stem]))
                 masks[entry.stem] = mask
