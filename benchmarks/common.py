@@ -289,6 +289,13 @@ def exported_stems(folder: Path) -> list[str]:
     return sorted(path.stem for path in (folder / "images").glob("*.png"))
 
 
+def evenly(items: list[str], n: int) -> list[str]:
+    """``n`` items spread evenly over ``items`` (all of them when there are fewer)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)] if n > 1 else items[:1]
+
+
 def slice_index(stem: str) -> int:
     """The slice number of an exported volume slice, ``<name>_z<index>``."""
     match = re.search(r"_z(\d+)$", stem)

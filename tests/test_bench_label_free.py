@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import math
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,11 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.fixture(scope="module")
 def bench():
+    """The script and the modules beside it that it is made of, by name."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        yield importlib.import_module("bench_label_free")
+        names = ("bench_label_free", "common", "label_free_plan", "label_free_tables")
+        yield types.SimpleNamespace(**{name: importlib.import_module(name) for name in names})
     finally:
         sys.path.remove(str(BENCHMARKS))
 
@@ -57,11 +60,11 @@ def test_spearman_scipy_and_fallback_agree(bench, monkeypatch):
 
 
 def test_ablation_rows_use_the_first_seeds(bench):
-    rows, _ = bench.trained_rows()
+    rows, _ = bench.label_free_plan.trained_rows()
     keys = [row.key for row in rows]
     assert keys[:2] == ["released", "default"] and keys[-1] == "supervised"
     by_key = {row.key: row for row in rows}
-    assert by_key["released"].overrides == bench.RELEASED and by_key["default"].overrides == {}
+    assert by_key["released"].overrides == bench.label_free_plan.RELEASED and by_key["default"].overrides == {}
     assert by_key["default"].seeds([0, 1, 2], 1) == [0, 1, 2]
     ablations = [row for row in rows if row.ablation]
     assert ablations and all(row.seeds([0, 1, 2], 1) == [0] for row in ablations)
@@ -70,30 +73,30 @@ def test_ablation_rows_use_the_first_seeds(bench):
 
 def test_acceptance_and_correlation(bench):
     results = _results()
-    acc = bench.acceptance(results, [0, 1, 2])
+    acc = bench.label_free_tables.acceptance(results, [0, 1, 2])
     a, b = acc["per_set"]["a/oracle"], acc["per_set"]["b/oracle"]
     assert a["beats_teacher_and_boxes"] and a["no_seed_collapses"]
     assert a["fraction_of_supervised"] == pytest.approx(0.82 / 0.90)
     assert not b["beats_teacher_and_boxes"] and not b["no_seed_collapses"]  # 0.30 < 0.8 × 0.55
     assert acc["sets_at_85_percent_of_supervised"] == {"oracle": ["a"]}
     assert acc["two_sets_at_85_percent"] == {"oracle": False}
-    corr = bench.correlation(results)
+    corr = bench.label_free_tables.correlation(results)
     assert corr["all runs"]["n"] == 12  # the supervised runs are left out
     assert corr["a"]["rho"] == pytest.approx(1.0)
 
 
 def test_tables_render(bench):
     results = _results()
-    rows, _ = bench.trained_rows()
-    table = bench.quality_table(results, rows, [0, 1, 2])
+    rows, _ = bench.label_free_plan.trained_rows()
+    table = bench.label_free_tables.quality_table(results, rows, [0, 1, 2])
     assert "0.820 ± 0.020" in table and "1 of 3" in table and "(masks)" in table
-    assert "**yes**" in bench.acceptance_table(bench.acceptance(results, [0, 1, 2]))
-    assert "Spearman" in bench.correlation_table(bench.correlation(results))
-    assert bench.students_table({}) == "(not run)"
+    assert "**yes**" in bench.label_free_tables.acceptance_table(bench.label_free_tables.acceptance(results, [0, 1, 2]))
+    assert "Spearman" in bench.label_free_tables.correlation_table(bench.label_free_tables.correlation(results))
+    assert bench.label_free_tables.students_table({}) == "(not run)"
 
 
 def test_boxes_filled_as_masks(bench):
     from medistill.boxes.boxes_file import Box, ImageBoxes
 
-    mask = bench.fill_boxes(ImageBoxes("a.png", "a", 8, 6, [Box(1, 2, 4, 5)]))
+    mask = bench.common.fill_boxes(ImageBoxes("a.png", "a", 8, 6, [Box(1, 2, 4, 5)]))
     assert mask.shape == (6, 8) and mask.sum() == 9 and mask[2:5, 1:4].all()

@@ -1,0 +1,98 @@
+"""What bench_label_free.py runs: the plan (full or quick), the trained rows and the students.
+
+:func:`trained_rows` builds the rows from the code as it stands (a row whose part is not a
+default, or whose module does not exist, is left out with a note).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+TEACHER = "litemedsam"
+DEFAULT_DATASETS = ("phantoms", "nuclei", "colin27", "mni152")
+ALL_DATASETS = (*DEFAULT_DATASETS, "cells3d")  # cells3d stands in for a default set whose files are missing
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything that differs between a full and a quick run."""
+
+    img_size: int
+    epochs: int
+    batch: int
+    distill: int            # distillation images per set (at most)
+    test: int               # test images per set (at most)
+    phantom_size: int
+    nuclei_tile: int
+    volume_gap: int         # Colin27 / MNI152: slices left out on each side of the test block
+    latency_repeats: int    # passes over the test images in the latency loop
+    student: str = "unet"
+    student_options: dict = field(default_factory=lambda: {"base_filters": 16})
+    val_fraction: float = 0.2
+
+
+FULL = Plan(img_size=64, epochs=12, batch=8, distill=48, test=16, phantom_size=128, nuclei_tile=64,
+            volume_gap=5, latency_repeats=3)
+QUICK = Plan(img_size=32, epochs=3, batch=8, distill=16, test=8, phantom_size=64, nuclei_tile=64,
+             volume_gap=2, latency_repeats=1, val_fraction=0.25)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One trained row: a MedDistill variant (``overrides`` of ``MedDistillConfig``), rounds or supervised."""
+
+    key: str
+    label: str
+    overrides: dict = field(default_factory=dict)
+    kind: str = "meddistill"  # "meddistill", "rounds" or "supervised"
+    ablation: bool = False    # limited to the first --ablation-seeds seeds
+
+    def seeds(self, seeds: Sequence[int], ablation_seeds: int | None) -> list[int]:
+        return list(seeds[:ablation_seeds]) if self.ablation and ablation_seeds else list(seeds)
+
+
+RELEASED = {"weighting": "ulwr", "terms": ["bce", "prob", "feat"], "confidence": False, "negatives": "all",
+            "quality_control": False}
+
+
+def trained_rows() -> tuple[list[Row], list[str]]:
+    """The trained rows in table order, and notes on rows that cannot run with this code."""
+    from medistill.distill.meddistill.config import MedDistillConfig
+    from medistill.distill.terms import DEFAULT_TERMS
+
+    notes = []
+    defaults = {f: getattr(MedDistillConfig("i", "b", "o"), f) for f in ("confidence", "negatives",
+                                                                        "quality_control", "weighting")}
+    rows = [Row("released", "released student (ulwr; bce, prob, feat; no confidence; negatives all; no QC)",
+                dict(RELEASED)),
+            Row("default", f"**new default** ({defaults['weighting']}; {', '.join(DEFAULT_TERMS)})")]
+    for term in ("dice", "proj", "outside"):
+        if term in DEFAULT_TERMS:
+            rows.append(Row(f"no_{term}", f"default without {term}",
+                            {"terms": [t for t in DEFAULT_TERMS if t != term]}, ablation=True))
+        else:
+            notes.append(f"'no {term}' not run: {term} is not a default term ({', '.join(DEFAULT_TERMS)})")
+    if defaults["confidence"]:
+        rows.append(Row("no_confidence", "default without confidence weights", {"confidence": False}, ablation=True))
+    else:
+        notes.append("'no confidence' not run: confidence weights are off by default")
+    if defaults["negatives"] != "all":
+        rows.append(Row("negatives_all", "default with negatives \"all\"", {"negatives": "all"}, ablation=True))
+    else:
+        notes.append("'negatives all' not run: it is the default")
+    if defaults["quality_control"]:
+        rows.append(Row("no_qc", "default without quality control", {"quality_control": False}, ablation=True))
+    else:
+        notes.append("'no quality control' not run: quality control is off by default")
+    try:
+        from medistill.distill.meddistill.rounds import run_rounds  # noqa: F401
+        rows.append(Row("rounds2", "default with `rounds=2` (refinement rounds)", {"rounds": 2}, "rounds", ablation=True))
+    except ImportError:
+        notes.append("`rounds=2` not run: medistill.distill.meddistill.rounds.run_rounds does not exist")
+    rows.append(Row("supervised", "supervised bound (masks of the distillation images)", kind="supervised"))
+    return rows, notes
+
+
+STUDENTS = (("unet16", "unet", {"base_filters": 16}), ("unet32", "unet", {"base_filters": 32}),
+            ("lcovnet", "lcovnet", {}), ("unetpp", "unetpp", {}))
