@@ -133,7 +133,21 @@ class RecipeTraining(TrainingMethod):
         data = self.recipe.validation_batches(make_dataset(
             self.val, self.pre, num_classes=self.num_classes, batch_size=max(1, config.batch), shuffle=False,
             augment=None, seed=config.seed, mask_mode=config.mask_mode))
-        return validation_fn(self.student, data, self.num_classes)
+        candidates = self.recipe.candidates()
+        if candidates == [self.student]:
+            return validation_fn(self.student, data, self.num_classes)
+        return self._best_candidate_validation([validation_fn(m, data, self.num_classes) for m in candidates])
+
+    def _best_candidate_validation(self, validators: list):
+        """Validate every candidate; copy the best one's weights into the exported student."""
+        def validate() -> dict:
+            scores = [validator() for validator in validators]
+            best = max(range(len(scores)), key=lambda i: scores[i]["val_dice"])
+            self.student.set_weights(self.recipe.candidates()[best].get_weights())
+            return {**scores[best], "exported_candidate": best + 1,
+                    **{f"val_dice_{i + 1}": score["val_dice"] for i, score in enumerate(scores)}}
+
+        return validate
 
     def trackables(self) -> dict[str, Any]:
         return self.recipe.trackables()

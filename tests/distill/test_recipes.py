@@ -288,3 +288,20 @@ def test_a_binary_teacher_for_multiclass_data_is_refused(phantoms, tmp_path):
                            teacher_model=str(tmp_path / "teacher.keras"), img_size=64, epochs=1)
     with pytest.raises(CheckpointError, match="one sigmoid logit"):
         distill(config)
+
+
+@pytest.mark.parametrize("clip_norm", [0.01, 0.0])
+def test_sikd_clips_the_global_gradient_norm(clip_norm):
+    import keras
+
+    recipe = make_recipe("sikd", 2, make_teacher(1, deep_supervision=False),
+                         recipe_options={"clip_norm": clip_norm})
+    recipe.optimizer = keras.optimizers.SGD(1.0)   # plain SGD: the weight change is the gradient applied
+    recipe.optimizer.build(recipe.trainable)
+    before = [np.array(v) for v in recipe.trainable]
+    recipe.step(recipe_batch(recipe, 2))
+    change = np.sqrt(sum(np.sum((np.array(v) - b) ** 2) for v, b in zip(recipe.trainable, before)))
+    if clip_norm:
+        assert 0 < change <= clip_norm * 1.001
+    else:
+        assert change > 0.05   # unclipped, the same step moves much further

@@ -122,7 +122,7 @@ def test_teacher_stays_frozen_and_both_students_learn(phantoms, binary_teacher):
     teacher = recipe.context.teacher
     before = [w.copy() for w in teacher.get_weights()]
     assert not teacher.trainable_variables
-    first, second = recipe.student.get_weights(), recipe.student2.get_weights()
+    first, second = recipe.student1.get_weights(), recipe.student2.get_weights()
     assert any(not np.array_equal(a, b) for a, b in zip(first, second))   # two different students
     data = iter(recipe.train_dataset())
     batch = next(data)
@@ -131,7 +131,7 @@ def test_teacher_stays_frozen_and_both_students_learn(phantoms, binary_teacher):
         tape.watch(watched)
         loss, report = recipe.losses(batch)
     assert all(g is None for g in tape.gradient(loss, watched))
-    for student in (recipe.student, recipe.student2):
+    for student in (recipe.student1, recipe.student2):
         assert any(g is not None for g in tape.gradient(loss, student.trainable_variables))
     assert float(report["stage"]) == 4.0 and {"mix", "cross", "exchange", "hard"} <= set(report)
     for _ in range(2):
@@ -139,8 +139,37 @@ def test_teacher_stays_frozen_and_both_students_learn(phantoms, binary_teacher):
     assert int(recipe.steps_done.numpy()) == 2
     for a, b in zip(before, teacher.get_weights()):
         np.testing.assert_array_equal(a, b)
-    for start, student in ((first, recipe.student), (second, recipe.student2)):
+    for start, student in ((first, recipe.student1), (second, recipe.student2)):
         assert any(not np.array_equal(a, b) for a, b in zip(start, student.get_weights()))
+
+
+def _constant_prediction(model, sign: float) -> None:
+    """Every logit head of ``model`` predicts ``sign``·10 everywhere (all foreground or all background)."""
+    for layer in model.layers:
+        if layer.name.startswith("aux") or layer.name in ("head", "logits"):
+            for weight in layer.weights:
+                weight.assign(np.full(weight.shape, 10.0 * sign if "bias" in weight.path else 0.0, "float32"))
+
+
+def test_the_better_student_by_validation_dice_is_exported(phantoms, binary_teacher):
+    from medistill.distill.runner import RecipeTraining
+
+    recipe = make_recipe(phantoms, binary_teacher)
+    config = recipe.context.config
+    trainer = RecipeTraining(config, DistillConfig, SSCD, binary_teacher)
+    trainer.recipe, trainer.student, trainer.num_classes = recipe, recipe.student, 2
+    trainer.pre = recipe.context.preprocess
+    trainer.val = training_samples(config.data, val_fraction=0.5, seed=config.seed)[1]
+    assert recipe.student not in (recipe.student1, recipe.student2)
+    for better, (first, second) in ((2, (-1.0, 1.0)), (1, (1.0, -1.0))):
+        _constant_prediction(recipe.student1, first)    # -1: predicts no lesion at all, Dice 0
+        _constant_prediction(recipe.student2, second)   # +1: all lesion, Dice > 0 (every phantom has some)
+        row = trainer.validation()()
+        assert row["exported_candidate"] == better, row
+        assert row[f"val_dice_{better}"] > row[f"val_dice_{3 - better}"] and row["val_dice"] == row[f"val_dice_{better}"]
+        chosen = (recipe.student1, recipe.student2)[better - 1]
+        for a, b in zip(recipe.student.get_weights(), chosen.get_weights()):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_bad_recipe_options_are_named():

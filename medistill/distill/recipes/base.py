@@ -167,6 +167,15 @@ class Recipe:
                                           passes=context.passes)
         return self._epochs(epoch)
 
+    def candidates(self) -> list[keras.Model]:
+        """The trained models that may be exported (default: ``[self.student]``).
+
+        With several (SSCD's two students), ``self.student`` is a separate model of the same
+        design: after each validation the candidate with the best validation Dice is copied
+        into it, so the best epoch's checkpoint and the export hold the better model.
+        """
+        return [self.student]
+
     def validation_batches(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
         """The ``(x, y)`` batches the student is validated on (default: unchanged)."""
         return dataset
@@ -210,9 +219,15 @@ class Recipe:
         return tf.nn.compute_average_loss(tf.cast(per_example, tf.float32),
                                           global_batch_size=self.context.global_batch)
 
-    def apply_gradients(self, tape: tf.GradientTape, loss: tf.Tensor) -> None:
-        """Gradients of ``loss`` for ``self.trainable``, applied by ``self.optimizer``."""
+    def apply_gradients(self, tape: tf.GradientTape, loss: tf.Tensor, clip_norm: float | None = None) -> None:
+        """Gradients of ``loss`` for ``self.trainable``, applied by ``self.optimizer``.
+
+        ``clip_norm``: rescale the gradients so that their global L2 norm is at most this
+        (PyTorch's ``clip_grad_norm_``; on each replica's gradients before they are summed).
+        """
         from medistill.train.precision import scaled_gradients
 
         grads = scaled_gradients(tape, loss, self.trainable, self.optimizer)
+        if clip_norm:
+            grads, _ = tf.clip_by_global_norm(grads, float(clip_norm))
         self.optimizer.apply_gradients(zip(grads, self.trainable))

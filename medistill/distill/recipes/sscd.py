@@ -33,8 +33,10 @@ strong ones. Per step, with ``B`` labelled images ``x_l`` and ``B`` unlabelled `
    80th percentile of the student's entropy, extra Dice+CE on ``x_l ⊙ M_E`` inside
    ``M_E`` (weight ``hard_region_weight``).
 
-The exported model is student 1 (the weak-view student), whose validation Dice picks
-the best epoch; student 2 is checkpointed with it for resuming. Optimiser: the paper's
+Both students are validated every epoch; the better one's weights are copied into the
+exported model (a third network of the same design, never trained itself), so the best
+epoch is the best Dice of either student and the export is that student (``history.csv``
+column ``exported_candidate``: 1 weak view, 2 strong view). Optimiser: the paper's
 SGD (``sgd_lr`` 0.01, ``momentum`` 0.9, ``sgd_weight_decay`` 1e-4; Keras applies the
 decay decoupled from the gradient) under ``--schedule``; ``optimizer: "config"`` uses
 ``--optimizer/--lr/--weight-decay`` instead.
@@ -333,13 +335,16 @@ class SSCD(_SSCDBase):
         if options["patch_exchange"] and context.preprocess.size % int(options["patch_grid"]):
             raise MedistillError(f"--recipe-options patch_grid={options['patch_grid']} must divide "
                                  f"--img-size {context.preprocess.size}")
-        self.student = self.build_student()
+        self.student1 = self.build_student()
         self.student2 = self.build_student()  # same design; the initialiser draws new weights
+        # The exported model: after each validation it receives the better student's weights.
+        self.student = self.build_student()
+        self.student.set_weights(self.student1.get_weights())
         self.heads = taps.head_names(self.student) or ["logits"]
         if self.heads == ["logits"]:
             log.warning("SSCD: student %s has no deep-supervision heads; the curriculum uses its "
                         "logits only (build it with deep_supervision=True)", context.config.student)
-        self.views = [feature_model(model, self.heads) for model in (self.student, self.student2)]
+        self.views = [feature_model(model, self.heads) for model in (self.student1, self.student2)]
         epochs = context.config.epochs
         stages = [stage_for_epoch(epoch, epochs) for epoch in range(epochs)]
         self.stage_table = tf.constant(stages, tf.float32)
@@ -347,16 +352,23 @@ class SSCD(_SSCDBase):
             [fold_weights(curriculum_weights(stage), len(self.heads)) for stage in stages], tf.float32)
         self.steps_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="sscd_steps",
                                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        self.trainable = list(self.student.trainable_variables) + list(self.student2.trainable_variables)
+        self.trainable = list(self.student1.trainable_variables) + list(self.student2.trainable_variables)
         self.optimizer = self.make_optimizer(self.trainable)
         log.info("SSCD: %d labelled and %d unlabelled training images; curriculum over heads %s; "
                  "stages by epoch %s", len(self.labelled), len(self.unlabelled), self.heads, stages)
 
     def trackables(self) -> dict[str, Any]:
-        return {"student2": self.student2, "sscd_steps": self.steps_done}
+        return {"student1": self.student1, "student2": self.student2, "sscd_steps": self.steps_done}
+
+    def trained_models(self) -> list[keras.Model]:
+        return [self.student1, self.student2]
+
+    def candidates(self) -> list[keras.Model]:
+        return [self.student1, self.student2]
 
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "exported": "student 1 (weak view)", "curriculum_heads": self.heads}
+        return {**super().summary(), "exported": "the student (1: weak view, 2: strong view) with the better "
+                "validation Dice at the best epoch (history.csv: exported_candidate)", "curriculum_heads": self.heads}
 
     # -- data ------------------------------------------------------------------
     def stream(self) -> tf.data.Dataset:
@@ -454,7 +466,7 @@ class SSCD(_SSCDBase):
             terms.append(own)
         weight = float(self.options["hard_region_weight"])
         loss = self.average(sum(t["total"] + weight * t["hard"] for t in terms))
-        regularisation = self.student.losses + self.student2.losses
+        regularisation = self.student1.losses + self.student2.losses
         if regularisation:
             loss += tf.nn.scale_regularization_loss(tf.add_n(regularisation))
         report = {"loss": loss, "stage": self.average(tf.fill([size], stage))}
