@@ -10,7 +10,8 @@ Subcommands::
         --teacher-cache runs/teacher_test.h5 --student-eval eval/student \\
         --supervised-eval eval/supervised --timings demo_out/steps --out demo_out
 
-Nothing here imports TensorFlow or torch.
+Nothing here imports TensorFlow or torch, except the latency rows of ``table``, which
+load the student, detector and teacher to time them (``--latency-images 0``: no rows).
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def _table_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--student-eval", help="predict_eval.py --vis_dir of the distilled student")
     parser.add_argument("--supervised-eval", help="predict_eval.py --vis_dir of the supervised student")
     parser.add_argument("--timings", help="folder of step records (make demo's steps/) to print too")
+    parser.add_argument("--latency-images", type=int, default=5, metavar="N",
+                        help="latency rows: the student's (--student-eval), the detector's (--boxes from "
+                        "detection.py) and the teacher's (--teacher-cache) batch-1 CPU time per image, the "
+                        "median over N test images after a warm-up (detector and teacher need --image_dir); "
+                        "0: no latency rows")
     parser.add_argument("--out", help="write pipeline_report.md, .csv and .json into this folder")
 
 
@@ -83,9 +89,12 @@ def _masks(args: argparse.Namespace):
 def _table(args: argparse.Namespace) -> int:
     from medistill.boxes.boxes_file import read_boxes
     from medistill.evaluate import pipeline_report as report
+    from medistill.evaluate.latency import latency_rows
 
     if not 0.0 < args.threshold < 1.0:
         raise MedistillError(f"--threshold is a probability in (0, 1), got {args.threshold}")
+    if args.latency_images < 0:
+        raise MedistillError(f"--latency-images counts images (0 turns the rows off), got {args.latency_images}")
     if not (args.boxes or args.teacher_cache or args.student_eval or args.supervised_eval):
         raise MedistillError("nothing to report: give --boxes, --teacher-cache, --student-eval "
                              "and/or --supervised-eval")
@@ -118,6 +127,7 @@ def _table(args: argparse.Namespace) -> int:
             table = report.eval_image_table(path)
             if table is not None:
                 tables[step] = table
+    rows += latency_rows(args.latency_images, args.image_dir, boxes, args.teacher_cache, args.student_eval)
     times = report.read_step_times(args.timings) if args.timings else []
     print(f"\nPipeline on {len(masks)} held-out images with ground truth:\n")
     print(report.format_text(rows))
