@@ -88,5 +88,7 @@ def test_readme_steps_on_slices_and_on_one_mask_per_structure(tmp_path):
         table = pd.read_csv(tmp_path / "runs/table/pipeline_report.csv")
         recall = table["mean"][0]
         assert table["step"][0] == "detector boxes" and recall > 0.3, table
+        latency = table.set_index("step").loc["detector: latency"]  # the detector of the boxes file, timed
+        assert latency["metric"] == "latency ms/image" and latency["mean"] > 0
         images = pd.read_csv(tmp_path / "runs/table/pipeline_report_images.csv")
         assert sorted(images["image"]) == sorted(p.stem for p in (tmp_path / "my/test/images").glob("*.png"))
