@@ -10,11 +10,16 @@ first-seed run (``--train-teacher``) and reused by its other seeds; SSCD's teach
 only the labelled part of the training images, which depends on the seed, so every SSCD
 run trains its own (``--train-teacher``). Data sets: binary phantoms (train
 seed 0, test seed 1) and the ``mni152`` label map (0 background, 1 grey matter, 2 white
-matter; a contiguous block of axial slices held out). Finally, the batch-1 CPU latency
-of every exported model is measured in this process, one model at a time.
+matter; a contiguous block of axial slices held out). After the recipes at their defaults,
+two variants run: SIKD without gradient clipping (``clip_norm: 0``, reusing SIKD's teacher)
+and SSCD with the hard-patch exchange (``patch_exchange: true``, reusing the same seed's
+SSCD teacher). Finally, the batch-1 CPU latency of every exported model is measured in this
+process, one model at a time, and the validation-Dice curves of every run are drawn
+(``benchmarks/recipes_curves.png``).
 
     .venv/bin/python benchmarks/bench_recipes.py [--quick] [--datasets mni152 phantoms]
-        [--methods baseline kamsd cakd-mskd sikd sscd] [--jobs 2] [--deadline-minutes M]
+        [--methods baseline kamsd cakd-mskd sikd sscd sikd-noclip sscd-exchange] [--jobs 2]
+        [--deadline-minutes M] [--work DIR [--resume]]
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from recipes_figures import acceptance_lines, draw_curves, flattening, validation_curve
+
 from common import (CommandLog, Timing, argument_parser, command_line, copy_pairs, exported_stems,
                     load_average, markdown_table, publish, results_path, section_text,
                     slice_index, time_runs, write_section)
@@ -38,7 +45,10 @@ BASELINE = "baseline"
 TEACHER = "teacher"
 SIKD_TEACHER = "sikd teacher"
 RECIPES = ("kamsd", "cakd-mskd", "sikd", "sscd")
-METHODS = (BASELINE, *RECIPES)
+# Variants run after every recipe at its defaults: (recipe, --recipe-options, the run whose teacher they reuse)
+VARIANTS = {"sikd-noclip": ("sikd", {"clip_norm": 0.0}), "sscd-exchange": ("sscd", {"patch_exchange": True})}
+METHODS = (BASELINE, *RECIPES, *VARIANTS)
+CURVES_PNG = Path(__file__).resolve().parent / "recipes_curves.png"
 
 
 # ---------------------------------------------------------------------------
@@ -91,12 +101,12 @@ class Plan:
     latency_repeats: int
 
 
-FULL = Plan(
-    settings={"phantoms": DataSettings(img_size=64, epochs=10, teacher_epochs=20, batch=8, val_fraction=0.2),
-              "mni152": DataSettings(img_size=96, epochs=8, teacher_epochs=16, batch=8, val_fraction=0.2)},
+FULL = Plan(  # sized from single runs on the loaded 2-core machine: ~1 min start-up + ~3 s per student epoch
+    settings={"phantoms": DataSettings(img_size=64, epochs=20, teacher_epochs=25, batch=8, val_fraction=0.2),
+              "mni152": DataSettings(img_size=64, epochs=20, teacher_epochs=25, batch=8, val_fraction=0.2)},
     student=Network("unet", {"base_filters": 8}),
     teacher=Network("unet", {"base_filters": 16, "deep_supervision": True}),
-    seeds=(0, 1, 2), labelled_fraction=0.5,
+    seeds=(0, 1, 2), labelled_fraction=1.0,
     phantom_counts=(60, 30, 64),
     mni152_test_slices=20, mni152_gap=5, mni152_train_step=2,
     latency_repeats=50,
@@ -106,7 +116,7 @@ QUICK = Plan(
               "mni152": DataSettings(img_size=64, epochs=1, teacher_epochs=1, batch=4, val_fraction=0.25)},
     student=Network("unet", {"base_filters": 4, "depth": 2}),
     teacher=Network("unet", {"base_filters": 4, "depth": 2, "deep_supervision": True}),
-    seeds=(0,), labelled_fraction=0.5,
+    seeds=(0,), labelled_fraction=1.0,
     phantom_counts=(12, 4, 64),
     mni152_test_slices=4, mni152_gap=4, mni152_train_step=10,
     latency_repeats=5,
@@ -213,7 +223,10 @@ def build_jobs(work: Path, plan: Plan, datasets: Sequence[str], methods: Sequenc
             "-m", "medistill", "train", "--data", str(work / dataset), *_network_arguments("student", plan.teacher),
             *settings.arguments(settings.teacher_epochs), "--seed", str(first_seed),
             "--out", str(work / "runs" / f"{dataset}_teacher"))))
-        jobs += [method_job(work, plan, dataset, method, seed) for seed in plan.seeds for method in methods]
+        jobs += [method_job(work, plan, dataset, method, seed) for seed in plan.seeds
+                 for method in methods if method not in VARIANTS]
+    jobs += [method_job(work, plan, dataset, method, seed) for seed in plan.seeds for dataset in datasets
+             for method in methods if method in VARIANTS]
     return jobs
 
 
@@ -225,21 +238,29 @@ def method_job(work: Path, plan: Plan, dataset: str, method: str, seed: int) -> 
               *settings.arguments(settings.epochs), "--seed", str(seed), "--out", str(run_dir)]
     if method == BASELINE:
         return Job(dataset, method, seed, run_dir, ("-m", "medistill", "train", *common))
+    recipe, options = VARIANTS.get(method, (method, {}))
+    options_arguments = ["--recipe-options", json.dumps(options)] if options else []
     teacher = ["--teacher-model", str(work / "runs" / f"{dataset}_teacher")]
     after: tuple[str, ...] = (f"{dataset}/{TEACHER}/{plan.seeds[0]}",)
-    if method == "sscd":
+    if recipe == "sscd" and plan.labelled_fraction == 1.0:
+        pass  # every mask is seen, like the shared teacher's: SSCD distils it as KAMSD and CAKD+MSKD do
+    elif method == "sscd-exchange":  # the same seed's SSCD teacher (its stage 0 depends on the labelled part)
+        teacher = ["--teacher-model", str(work / "runs" / f"{dataset}_sscd_s{seed}" / "teacher")]
+        after = (f"{dataset}/sscd/{seed}",)
+    elif method == "sscd":
         teacher = ["--train-teacher", plan.teacher.name, "--teacher-options", json.dumps(plan.teacher.options),
                    "--teacher-epochs", str(settings.teacher_epochs)]
         after = ()
     elif method == "sikd" and seed == plan.seeds[0]:  # SIKD compares penultimate features: the student's network
         teacher = ["--train-teacher", plan.student.name, "--teacher-epochs", str(settings.teacher_epochs)]
         after = ()
-    elif method == "sikd":
+    elif recipe == "sikd":
         teacher = ["--teacher-model", str(work / "runs" / f"{dataset}_sikd_s{plan.seeds[0]}" / "teacher")]
         after = (f"{dataset}/sikd/{plan.seeds[0]}",)
-    extra = ["--labelled-fraction", str(plan.labelled_fraction)] if method == "sscd" else []
+    extra = ["--labelled-fraction", str(plan.labelled_fraction)] if recipe == "sscd" else []
     return Job(dataset, method, seed, run_dir,
-               ("-m", "medistill", "distill", "--recipe", method, *common, *teacher, *extra), after)
+               ("-m", "medistill", "distill", "--recipe", recipe, *common, *teacher, *extra, *options_arguments),
+               after)
 
 
 TIMING_FILE = "bench_seconds.json"
@@ -462,17 +483,21 @@ def method_notes(descriptions: dict[str, str], plan: Plan, commands: CommandLog,
         "`medistill distill` with the recipe's default options (KAMSD and CAKD+MSKD add "
         "`deep_supervision: true` to the student, as their recipes do, and so does SSCD; "
         "the heads are small 1×1 convolutions, which the params column shows when the export keeps them; CAKD+MSKD's own default student, "
-        f"`lcovnet`, is replaced by the same U-Net so that every row compares like with like). SSCD uses "
-        f"`--labelled-fraction {plan.labelled_fraction}`: only that fraction of the training images keep "
-        "their masks (the rest are used without), while every other row uses all masks. The shared "
+        "`lcovnet`, is replaced by the same U-Net so that every row compares like with like). The baseline "
+        "has no deep-supervision heads (`medistill train` trains them when a student has them). The shared "
         f"teacher, {plan.teacher.label}, is trained once per data set by `medistill train` (seed "
-        f"{plan.seeds[0]}) and passed to KAMSD and CAKD+MSKD with `--teacher-model`; SIKD's teacher "
+        f"{plan.seeds[0]}; all its heads trained) and passed with `--teacher-model` to KAMSD, CAKD+MSKD"
+        + (" and SSCD" if plan.labelled_fraction == 1.0 else "") + "; SIKD's teacher "
         "is trained on class-wise averaged images by SIKD's first run (`--train-teacher`); it is the "
         "student's network, because SIKD matches the penultimate features channel by channel (the recipe "
-        "refuses a teacher of another width), and passed to its later seeds with `--teacher-model RUN/teacher`; SSCD's "
-        "teacher (same network, SSCD's stage 0: copy-paste and hard-region amplification) is trained on "
-        "the labelled part only by every SSCD run (`--train-teacher`), because that part depends on the "
-        "seed and the shared teacher has seen every mask. Their train times include their teachers'.",
+        "refuses a teacher of another width), and passed to its later seeds with `--teacher-model RUN/teacher`. "
+        + (f"SSCD runs with `--labelled-fraction {plan.labelled_fraction}`: every training mask is used, as by "
+           "every other row (equal data; its unlabelled stream is then the same images without their masks), "
+           "so it distils the shared teacher instead of training its stage 0 on a labelled part."
+           if plan.labelled_fraction == 1.0 else
+           f"SSCD uses `--labelled-fraction {plan.labelled_fraction}` and trains its own teacher (stage 0) "
+           "on the labelled part in every run (`--train-teacher`), because that part depends on the seed.")
+        + " Train times include the teachers trained inside a run.",
         "",
         "Dice is the `summary.metrics.dice` mean of the `metrics.json` that `predict_eval.py --vis_dir` "
         "writes for each run (over the test images, at their original resolution); the table gives the "
@@ -483,15 +508,33 @@ def method_notes(descriptions: dict[str, str], plan: Plan, commands: CommandLog,
         f"{plan.latency_repeats} calls after 3 warm-up calls, measured after all training, one model at a "
         "time (CPU only). Params are those of the exported model.",
         "",
-        "Cut for time (the whole script is meant to take about 45 minutes on 2 shared CPU cores): "
+        "Variants (after every recipe at its defaults, same seeds): *sikd-noclip* is SIKD with "
+        "`--recipe-options '{\"clip_norm\": 0.0}'` (no gradient clipping; the default clips the global norm "
+        "at 1.0, as the released code does), reusing SIKD's teacher; *sscd-exchange* is SSCD with "
+        "`'{\"patch_exchange\": true}'`, reusing the same seed's SSCD teacher (`--teacher-model "
+        "RUN_sscd/teacher`), so it differs from *sscd* only by the exchange.",
+        "",
+        "Cut for time (the whole script is sized for about 60 minutes on 2 shared CPU cores): "
         f"{plan.phantom_counts[0]} training phantoms and one MNI152 slice in {plan.mni152_train_step}, "
-        "the small sizes and few epochs listed above, "
+        "the small sizes and epochs listed above (the validation curves below show the baseline flat at the "
+        "end: the cosine schedule has brought the rate to 1 % by then), "
         "tiny students and a small teacher, one shared teacher per data set, "
-        f"{len(plan.seeds)} seed(s), recipe options at their defaults (no tuning), no hard-patch exchange in "
-        f"SSCD. {workers} runs at a time, so train times include sharing the CPU with another run and with "
-        "the machine's other work (see the load column); compare Dice, not seconds. With so few epochs the "
-        "figures show the recipes' relative behaviour early in training, not their final accuracy.",
+        f"{len(plan.seeds)} seed(s), recipe options at their defaults (no tuning beyond the variants). "
+        f"{workers} runs at a time, so train times include sharing the CPU with another run and with "
+        "the machine's other work (see the load column); compare Dice, not seconds.",
     ]
+    dice = {}
+    for outcome in outcomes.values():
+        if not outcome.error and outcome.dice is not None:
+            dice.setdefault((outcome.job.dataset, outcome.job.method), []).append(outcome.dice)
+    verdicts = acceptance_lines(dice, list(descriptions), [m for m in METHODS if m not in (BASELINE,)])
+    if verdicts:
+        lines += ["", "Mean test Dice over seeds against the baseline's (Δ, recipe − baseline):", *verdicts]
+    gains = [f"{o.job.dataset} seed {o.job.seed}: {flattening(validation_curve(o.job.run_dir)):+.3f}"
+             for o in outcomes.values() if o.job.method == BASELINE and not o.error]
+    if gains:
+        lines += ["", "Baseline flattening (validation Dice: best of the last 5 epochs − the epoch before "
+                  "them): " + "; ".join(gains) + f". Curves of every run: `benchmarks/{CURVES_PNG.name}`."]
     resumed = sorted(o.job.name for o in outcomes.values() if o.resumed)
     if resumed:
         lines += ["", "Resumed runs (interrupted once, then continued from their last epoch checkpoint by the "
@@ -533,9 +576,16 @@ def main() -> None:
     parser.add_argument("--deadline-minutes", type=float, default=None,
                         help="start no run after this many minutes; publish what finished")
     parser.add_argument("--work", type=Path, default=None,
-                        help="keep data and run folders here (default: a temporary folder, deleted); "
-                             "finished runs found there are reused, unfinished ones resumed")
+                        help="keep data and run folders here (default: a temporary folder, deleted)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --work: reuse the finished runs found there and resume the unfinished ones "
+                             "(without it a --work folder that already holds runs is refused)")
     args = parser.parse_args()
+    if args.work is not None and (args.work / "runs").is_dir() and any((args.work / "runs").iterdir()) \
+            and not args.resume:
+        parser.error(f"--work {args.work} already holds runs: pass --resume to continue them, or another folder")
+    if args.resume and args.work is None:
+        parser.error("--resume needs --work DIR (the folder of the run to continue)")
     plan = QUICK if args.quick else FULL
     start = time.monotonic()
     deadline = start + args.deadline_minutes * 60 if args.deadline_minutes else None
@@ -555,6 +605,10 @@ def main() -> None:
 
         outcomes, not_started = run_jobs(jobs, work, commands, args.jobs, deadline, write_partial)
         costs = measure_costs(outcomes, plan, work)
+        curves = draw_curves([(o.job.dataset, o.job.method, o.job.seed, o.job.run_dir) for o in outcomes.values()],
+                             args.datasets, [m for m in (TEACHER, *args.methods)],
+                             CURVES_PNG if not args.quick else work / CURVES_PNG.name)
+        print(f"validation curves: {curves}", flush=True)
     notes = method_notes(descriptions, plan, commands, time.monotonic() - start, args.jobs, outcomes,
                          not_started, finished=True)
     publish(args, SECTION_KEY, SECTION_TITLE, results_table(outcomes, costs, args.datasets, args.methods, plan),
