@@ -14,6 +14,8 @@
 * With ``mask_pattern`` (:mod:`medistill.data.mask_layout`) an image may have several
   mask files, one per structure; they are listed in ``Sample.mask_parts`` and merged
   into one label map when the mask is loaded (``mask_path`` is the first of them).
+* A data-set folder's splits (:func:`~medistill.data.folders.find_splits`) are read in
+  :mod:`medistill.data.folders`.
 """
 
 from __future__ import annotations
@@ -24,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from medistill.data.folders import EXTENSION_LIST, existing_folder, find_splits, image_files_in
 from medistill.data.io import (
     DEFAULT_MAX_LABEL,
-    IMAGE_EXTENSIONS,
     UnreadableFileError,
-    file_extension,
     is_volume_file,
     mask_from_values,
     read_image,
@@ -48,8 +49,10 @@ from medistill.data.mask_layout import (
 )
 from medistill.errors import DataError, DataProblem, problems_error
 
-SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
-_EXTENSION_LIST = ", ".join(IMAGE_EXTENSIONS)
+# find_splits lives in medistill.data.folders; imported here too, so
+# `from medistill.data.samples import find_splits` keeps working.
+__all__ = ["Sample", "find_splits", "load_mask_and_values", "load_sample", "load_sample_image",
+           "load_sample_mask", "number_classes_together", "pair_folder"]
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,7 @@ def pair_folder(
     """
     if nifti_axis not in (0, 1, 2):
         raise DataError(f"nifti_axis must be 0, 1 or 2, got {nifti_axis}")
-    image_dir = _existing_folder(image_dir, "image")
+    image_dir = existing_folder(image_dir, "image")
     found: list[DataProblem] = []
     parts: dict[str, tuple[MaskPart, ...]] = {}
     if mask_pattern and mask_suffix:
@@ -160,10 +163,10 @@ def pair_folder(
         images = _index_files(_image_files(image_dir, None, mask_suffix), "", found)
         pairs = {stem: (path, None) for stem, path in images.items()}
     elif mask_pattern:
-        mask_dir = _existing_folder(mask_dir, "mask")
+        mask_dir = existing_folder(mask_dir, "mask")
         pairs, parts = _pair_with_pattern(image_dir, mask_dir, MaskPattern(mask_pattern), found)
     else:
-        mask_dir = _existing_folder(mask_dir, "mask")
+        mask_dir = existing_folder(mask_dir, "mask")
         pairs = _pair_with_masks(image_dir, mask_dir, mask_suffix, found)
     samples: list[Sample] = []
     for stem in sorted(pairs):
@@ -204,12 +207,12 @@ def _pair_with_masks(
         raise DataError(f"images and masks are both in {image_dir}: give a mask_suffix "
                         "(e.g. '_mask') so mask files can be told apart, or use two folders")
     images = _index_files(_image_files(image_dir, mask_dir, mask_suffix), "", found)
-    mask_files = _files_with_extension(mask_dir)
+    mask_files = image_files_in(mask_dir)
     if image_dir.resolve() == mask_dir.resolve():
         mask_files = [path for path in mask_files if strip_extension(path).endswith(mask_suffix)]
     if not mask_files:
         raise DataError(f"the mask folder {mask_dir} holds no masks (expected files ending in "
-                        f"{_EXTENSION_LIST}); leave out the mask folder for an unlabelled set")
+                        f"{EXTENSION_LIST}); leave out the mask folder for an unlabelled set")
     masks = _index_files(mask_files, mask_suffix, found)
     pairs: dict[str, tuple[Path, Path | None]] = {}
     for stem, image_path in images.items():
@@ -217,7 +220,7 @@ def _pair_with_masks(
         if mask_path is None:
             found.append(DataProblem(image_path, "no mask for this image",
                                      f"expected {mask_dir / (stem + mask_suffix)} with one of "
-                                     f"the extensions {_EXTENSION_LIST}"))
+                                     f"the extensions {EXTENSION_LIST}"))
             continue
         pairs[stem] = (image_path, mask_path)
     for stem, mask_path in masks.items():
@@ -256,12 +259,12 @@ def _pair_with_pattern(
 
 def _image_files(image_dir: Path, mask_dir: Path | None, mask_suffix: str) -> list[Path]:
     """Image files; when masks share the folder, the files with the suffix are not images."""
-    files = _files_with_extension(image_dir)
+    files = image_files_in(image_dir)
     if mask_dir is not None and mask_suffix and image_dir.resolve() == mask_dir.resolve():
         files = [path for path in files if not strip_extension(path).endswith(mask_suffix)]
     if not files:
         raise DataError(f"the image folder {image_dir} holds no images (expected files "
-                        f"ending in {_EXTENSION_LIST})")
+                        f"ending in {EXTENSION_LIST})")
     return files
 
 
@@ -364,75 +367,3 @@ def _drop_duplicate_stems(samples: list[Sample], found: list[DataProblem]) -> li
         found.append(DataProblem(group[0].image_path.parent, f"several samples would be "
                                  f"named {stem!r}: {names}", "rename one of the files"))
     return kept
-
-
-# --------------------------------------------------------------------------- folders
-
-
-def find_splits(root: str | os.PathLike) -> dict[str, tuple[Path, Path | None]]:
-    """``{split: (images_dir, masks_dir or None)}`` for a data-set folder.
-
-    ``root/images`` (+ ``root/masks``) gives one split named ``"all"``;
-    ``root/{train,val,test}/images`` (+ ``masks``) gives the splits present.
-    """
-    root = _existing_folder(root, "data set")
-    flat = _split_folders(root)
-    nested = {name: _split_folders(root / name, required=True)
-              for name in SPLIT_NAMES if (root / name).is_dir()}
-    if flat is not None and nested:
-        raise DataError(f"{root} has both an images folder and split folders "
-                        f"({', '.join(nested)}); keep one layout")
-    if flat is not None:
-        return {"all": flat}
-    if nested:
-        return nested  # type: ignore[return-value]
-    raise DataError(_layout_message(root))
-
-
-def _split_folders(folder: Path, required: bool = False) -> tuple[Path, Path | None] | None:
-    images, masks = folder / "images", folder / "masks"
-    if not images.is_dir():
-        if required:
-            raise DataError(f"the split folder {folder} has no 'images' folder "
-                            f"(expected {images} and optionally {masks})")
-        return None
-    if not _files_with_extension(images):
-        raise DataError(f"the image folder {images} holds no images (expected files ending "
-                        f"in {_EXTENSION_LIST})")
-    if not masks.is_dir():
-        return images, None
-    if not _holds_masks(masks):
-        raise DataError(f"the mask folder {masks} holds no masks; add them, or remove the "
-                        "folder for an unlabelled set")
-    return images, masks
-
-
-def _holds_masks(folder: Path) -> bool:
-    """Mask files directly in ``folder``, or in its visible subfolders (one folder per class)."""
-    if _files_with_extension(folder):
-        return True
-    return any(path.is_dir() and not path.name.startswith(".") and _holds_masks(path)
-               for path in folder.iterdir())
-
-
-def _layout_message(root: Path) -> str:
-    entries = sorted(path.name + ("/" if path.is_dir() else "") for path in root.iterdir()
-                     if not path.name.startswith("."))
-    seen = ", ".join(entries[:10]) + (", …" if len(entries) > 10 else "") or "nothing"
-    return (f"{root} is not a data-set folder (it holds: {seen}). Expected either "
-            f"{root}/images and {root}/masks, or {root}/train, {root}/val and/or "
-            f"{root}/test, each with images/ and masks/ (masks optional for unlabelled data)")
-
-
-def _existing_folder(folder: str | os.PathLike, role: str) -> Path:
-    path = Path(folder)
-    if not path.is_dir():
-        what = "is not a folder" if path.exists() else "does not exist"
-        raise DataError(f"the {role} folder {path} {what} (check the path)")
-    return path
-
-
-def _files_with_extension(folder: Path) -> list[Path]:
-    """Visible files with a known image extension, sorted by name."""
-    return sorted(path for path in folder.iterdir()
-                  if path.is_file() and not path.name.startswith(".") and file_extension(path))
