@@ -54,7 +54,8 @@ def draw_curves(runs: Iterable[tuple[str, str, int, Path]], datasets: Sequence[s
                           linewidth=2.2 if method == baseline else 1.2, color="black" if method == baseline else None)
         axis.set(title=f"{dataset}: validation Dice per epoch", xlabel="epoch", ylabel="validation Dice")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -81,7 +82,7 @@ def acceptance_lines(dice: dict[tuple[str, str], list[float]], datasets: Sequenc
             values = dice.get((dataset, recipe), [])
             if values:
                 delta = statistics.mean(values) - statistics.mean(base)
-                verdict = "beats" if delta > 0 else "does not beat"
+                verdict = "beats" if round(delta, 3) > 0 else "does not beat"
                 cells.append(f"{recipe} {delta:+.3f} ({verdict}, n = {len(values)})")
         lines.append(f"- **{dataset}** (baseline {statistics.mean(base):.3f}, n = {len(base)}): " + "; ".join(cells))
     return lines
