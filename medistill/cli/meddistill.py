@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from medistill.cli.options import json_object
-from medistill.cli.teach_run import add_runtime_arguments, use_runtime_from_args
+from medistill.cli.teach_run import add_runtime_arguments, runtime_from_args
 from medistill.distill.terms import DEFAULT_TERMS, TERM_NAMES, WEIGHTINGS
 from medistill.errors import MedistillError
 
@@ -140,6 +140,7 @@ def config_from_args(args: argparse.Namespace):
         colearn_confidence=args.colearn_confidence, skip_empty=args.skip_empty,
         live_teacher=args.live_teacher, sync_batchnorm=args.sync_batchnorm,
         mixed_precision=args.mixed_precision, cpu_replicas=args.cpu_replicas, overwrite=args.overwrite,
+        teacher_runtime=runtime_from_args(args).to_dict(),
     )
 
 
@@ -172,8 +173,7 @@ def collapse_status(run_dir: Path, keep: bool) -> int:
 def run(args: argparse.Namespace) -> int:
     from medistill.distill.meddistill.trainer import train_meddistill
 
-    config = config_from_args(args)
-    use_runtime_from_args(args)  # every teacher of this run (cache, live, co-learn, rounds) runs so
+    config = config_from_args(args)  # its teacher_runtime is used by every teacher of the run
     if config.rounds > 1:
         from medistill.distill.meddistill.rounds import run_rounds
 

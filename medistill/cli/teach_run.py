@@ -46,13 +46,20 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                        "the other")
 
 
+def runtime_from_args(args: argparse.Namespace):
+    """The :class:`~medistill.teachers.registry.TeacherRuntime` the options describe."""
+    from medistill.teachers.registry import TeacherRuntime
+
+    return TeacherRuntime(backend=args.teacher_backend, precision=args.teacher_precision,
+                          encode_batch=args.teacher_batch, threads=args.teacher_threads,
+                          resize=args.teacher_resize)
+
+
 def use_runtime_from_args(args: argparse.Namespace):
     """Parse the teacher-runtime options once and make them the process's (``build_teacher`` uses them)."""
-    from medistill.teachers.registry import TeacherRuntime, use_runtime
+    from medistill.teachers.registry import use_runtime
 
-    runtime = TeacherRuntime(backend=args.teacher_backend, precision=args.teacher_precision,
-                             encode_batch=args.teacher_batch, threads=args.teacher_threads,
-                             resize=args.teacher_resize)
+    runtime = runtime_from_args(args)
     use_runtime(runtime)
     return runtime
 

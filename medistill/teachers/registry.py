@@ -67,6 +67,11 @@ class TeacherRuntime:
             if value is not None and int(value) < 1:
                 raise MedistillError(f"--teacher-{name.replace('_', '-')} must be at least 1, got {value}")
 
+    def to_dict(self) -> dict:
+        """The settings as a JSON-ready dict (``TeacherRuntime(**d)`` rebuilds it)."""
+        return {"backend": self.backend, "precision": self.precision, "encode_batch": self.encode_batch,
+                "threads": self.threads, "resize": self.resize}
+
     @property
     def is_default(self) -> bool:
         """Whether it asks nothing of a teacher but to run as it is (``threads`` is only a cap)."""

@@ -8,6 +8,7 @@ the same helper), and a cache built with one is refused with the other.
 from __future__ import annotations
 
 import argparse
+import json
 import importlib.util
 
 import numpy as np
@@ -93,3 +94,25 @@ def test_a_cache_built_with_one_resize_refuses_the_other(tmp_path):
     teacher.resize = "bilinear"
     assert build_cache(teacher, tmp_path / "images", tmp_path / "boxes.json", tmp_path / "c.h5",
                        progress=False)["done_before"] == 1
+
+
+def test_meddistill_records_the_teacher_runtime_and_refuses_resuming_with_other_targets(tmp_path):
+    """The runtime is part of RUN/config.json; a resume may change the backend, not the masks."""
+    from medistill.cli import meddistill as meddistill_cli
+    from medistill.distill.meddistill.config import MedDistillConfig
+
+    parser = argparse.ArgumentParser()
+    meddistill_cli.add_arguments(parser)
+    argv = ["--image_dir", "i", "--boxes", "b.json", "--out", str(tmp_path / "run")]
+    config = meddistill_cli.config_from_args(parser.parse_args([*argv, "--teacher-resize", "bilinear"]))
+    assert config.teacher_runtime["resize"] == "bilinear" and config.runtime().resize == "bilinear"
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+    again = MedDistillConfig.load(tmp_path / "config.json")
+    assert again.runtime() == config.runtime()
+    other_backend = meddistill_cli.config_from_args(
+        parser.parse_args([*argv, "--teacher-resize", "bilinear", "--teacher-backend", "keras", "--teacher-threads", "1"]))
+    assert other_backend.differences(config) == []
+    other_masks = meddistill_cli.config_from_args(parser.parse_args(argv))  # area
+    assert other_masks.differences(config) == ["teacher_runtime"]
+    with pytest.raises(MedistillError, match="--teacher-precision"):
+        MedDistillConfig(image_dir="i", boxes="b.json", out="run", teacher_runtime={"precision": "int4"})

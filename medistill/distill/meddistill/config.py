@@ -32,10 +32,26 @@ from medistill.train.run_folder import register_run_config
 # student is decided at the end.
 RESUMABLE_CHANGES = set(TRAIN_RESUMABLE_CHANGES) | {"cache", "keep_collapsed"}
 
+# The teacher-runtime settings that change the teacher's masks (the others change only its speed).
+TARGET_RUNTIME_FIELDS = ("precision", "resize")
+
 FEATURE_LOSSES = ("mse", "cosine")
 NEGATIVE_RULES = ("auto", "all", "none")
 CACHE_NAME = "teacher_cache.h5"
 DEFAULT_STUDENT_OPTIONS = {"base_filters": 16}
+
+
+def runtime_checks(runtime: dict[str, Any]) -> list[tuple[bool, str]]:
+    """``teacher_runtime`` must make a :class:`~medistill.teachers.registry.TeacherRuntime`."""
+    from medistill.teachers.registry import TeacherRuntime
+
+    try:
+        TeacherRuntime(**runtime)
+    except TypeError as error:
+        return [(False, f"teacher_runtime {runtime!r}: {error}")]
+    except MedistillError as error:
+        return [(False, str(error))]
+    return []
 
 
 @register_run_config
@@ -83,6 +99,7 @@ class MedDistillConfig:
     keep_collapsed: bool = False
     init_from: str | None = None
     rounds: int = 1
+    teacher_runtime: dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -97,6 +114,7 @@ class MedDistillConfig:
             (self.min_steps_per_epoch >= 1, "--min-steps-per-epoch must be at least 1"),
             (self.min_epochs is None or self.min_epochs >= 0, "--min-epochs must be 0 or more"),
             (self.rounds >= 1, "--rounds must be at least 1"),
+            *runtime_checks(self.teacher_runtime),
             (self.negatives in NEGATIVE_RULES, f"--negatives must be one of {', '.join(NEGATIVE_RULES)}"),
             (isinstance(self.terms, (list, tuple)) and len(self.terms) > 0
              and set(self.terms) <= set(TERM_NAMES) and len(set(self.terms)) == len(self.terms),
@@ -149,7 +167,20 @@ class MedDistillConfig:
     from_dict = classmethod(TrainConfig.from_dict.__func__)
     load = classmethod(TrainConfig.load.__func__)
 
+    def runtime(self):
+        """The :class:`~medistill.teachers.registry.TeacherRuntime` every teacher of this run uses."""
+        from medistill.teachers.registry import TeacherRuntime
+
+        return TeacherRuntime(**self.teacher_runtime)
+
     def differences(self, other: MedDistillConfig) -> list[str]:
-        """Settings that differ from ``other`` and forbid resuming its checkpoint."""
+        """Settings that differ from ``other`` and forbid resuming its checkpoint.
+
+        Of the teacher runtime only what changes the targets counts (precision, resize):
+        backends agree within the parity tolerance, batch and threads change only speed.
+        """
         mine, theirs = self.to_dict(), other.to_dict()
+        mine["teacher_runtime"], theirs["teacher_runtime"] = (
+            {k: v for k, v in (config.get("teacher_runtime") or {}).items() if k in TARGET_RUNTIME_FIELDS}
+            for config in (mine, theirs))
         return [k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs.get(k)]

@@ -318,9 +318,11 @@ class MedDistillTraining(TrainingMethod):
 
     def prepare(self, session: RunSession) -> int:
         """The teacher's targets (cache or live), the student (its features fix the target grid), trust."""
+        from medistill.teachers.registry import use_runtime
+
         config = self.config
         self.started = time.perf_counter()
-        self.policy = keras.mixed_precision.global_policy().name
+        use_runtime(config.runtime())  # every teacher of this run (cache, live, co-learn) runs as configured
         teacher = self.decoder = None
         if config.co_learn:  # LiteMedSAM, its variables mirrored: its mask decoder trains
             from medistill.distill.colearn import DecoderTeacher
