@@ -39,6 +39,7 @@ DS = "medistill/distill/meddistill/distiller.py"
 DA = "medistill/distill/meddistill/data.py"
 TR = "medistill/distill/meddistill/trust.py"
 MT = "medistill/distill/meddistill/trainer.py"
+ME = "medistill/train/method.py"
 CA = "medistill/teachers/cache.py"
 LO = "medistill/train/loop.py"
 SE = "medistill/train/session.py"
@@ -206,14 +207,14 @@ MUTANTS: list[Mutant] = [
       (T_LFS,), "trust_weights_multiply"),
     # ---------------------------------------------------------------- distill/meddistill/trainer.py
     M("mt-projection-not-checkpointed", MT,
-      "trackables[\"projection\"] = distiller.projection",
+      "self._trackables[\"projection\"] = self.distiller.projection",
       "pass",
       "the feature projection left out of the checkpoint",
       (T_MDT,), "feature_teacher_adds or kill_and_rerun"),
     # ---------------------------------------------------------------- teachers/cache.py
     M("ca-weights-hash-ignored", CA,
-      "_CHECKED = (\"teacher\", \"weights_hash\", \"preprocessing\", \"boxes_sha256\", \"quality\")",
-      "_CHECKED = (\"teacher\", \"preprocessing\", \"boxes_sha256\", \"quality\")",
+      "_CHECKED = (\"teacher\", \"weights_hash\", \"precision\", \"preprocessing\", \"boxes_sha256\", \"quality\", \"shard\")",
+      "_CHECKED = (\"teacher\", \"precision\", \"preprocessing\", \"boxes_sha256\", \"quality\", \"shard\")",
       "cache staleness check ignores the weights hash",
       (T_TC, T_WIRE), "stale or weights"),
     M("ca-image-hash-skipped", CA,
@@ -258,9 +259,9 @@ MUTANTS: list[Mutant] = [
       "    _write_worker_weights(session, model)\n",
       "finish_run exports the last epoch (load_best skipped)",
       (T_WIRE,), "finish_run_exports"),
-    M("mt-load-best-skipped", MT,
-      "    loop.load_best()\n    collapse = check_collapse(",
-      "    collapse = check_collapse(",
+    M("mt-load-best-skipped", ME,
+      "    loop.load_best()\n    method.after_fit(",
+      "    method.after_fit(",
       "MedDistill: the collapse check judges the last epoch (load_best skipped before it)",
       (T_LFS, T_WIRE), "exported_student_is_the_selected or collapse_check"),
     M("ex-probabilities-raw-logits", EX,
