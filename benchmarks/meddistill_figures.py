@@ -54,11 +54,10 @@ def _summary(predictions: dict, root: Path) -> dict:
 
 def teacher_summary(cache_path: Path, root: Path) -> dict:
     """The teacher's cached fused soft masks > 0.5 against the test masks."""
-    import h5py
+    from medistill.teachers.cache import CacheReader
 
-    with h5py.File(cache_path, "r") as cache:
-        images = cache["images"]
-        predictions = {stem: images[stem]["fused"][()] > 0.5 for stem in images}
+    with CacheReader(cache_path) as cache:
+        predictions = {stem: cache.entry(stem, features=False).fused > 0.5 for stem in cache.stems}
     return _summary(predictions, root)
 
 
