@@ -122,13 +122,12 @@ def detector_latency(boxes: BoxesFile, image_dir: str | os.PathLike, count: int 
 def teacher_latency(cache_path: str | os.PathLike, boxes: BoxesFile, image_dir: str | os.PathLike,
                     count: int = DEFAULT_IMAGES) -> ReportRow:
     """The row of the cache's teacher, rebuilt as the cache records it, on each image's boxes."""
-    import h5py
-
+    from medistill.teachers.cache import CacheReader
     from medistill.teachers.litemedsam.preprocessing import RESIZE_CHOICES
     from medistill.teachers.registry import TeacherRuntime, build_teacher
 
-    with h5py.File(cache_path, "r") as handle:
-        attrs = {key: str(value) for key, value in handle.attrs.items()}
+    with CacheReader(cache_path) as cache:
+        attrs = {key: value for key, value in cache.attrs_of(cache.paths[0]).items() if value is not None}
     recorded = json.loads(attrs.get("preprocessing", "{}")).get("resize", "")
     resize = {text: name for name, text in RESIZE_CHOICES.items()}.get(recorded, "area")
     runtime = TeacherRuntime(backend=attrs.get("backend") or "auto", precision=attrs.get("precision", "fp32"),
