@@ -1,5 +1,9 @@
 """Refinement rounds: the student's masks become the teacher's next prompts (``--rounds K``).
 
+(Over 400 lines on purpose: about 70 of them are this docstring, the rules of the rounds,
+kept beside the code that implements them; the files of a round are in
+:mod:`.round_files`, the selection and export in :mod:`.round_selection`.)
+
 Round 1 distils from the detector's boxes. After round ``k``, the round-``k`` student
 predicts every image of the boxes file (training and held-out images alike, at the
 original resolution, with :func:`medistill.export.load_predictor`); its components become
@@ -67,10 +71,7 @@ Example::
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import logging
 import shutil
 import time
@@ -87,6 +88,22 @@ from medistill.boxes.boxes_file import Box, BoxesFile, ImageBoxes, read_boxes, w
 from medistill.distill.meddistill import data as md
 from medistill.distill.meddistill.config import MedDistillConfig
 from medistill.teachers.cache import CacheReader
+from medistill.distill.meddistill.round_files import (  # noqa: F401  (public here too)
+    LOG_NAME,
+    ROUNDS_DIR,
+    SOURCE_KIND,
+    RoundPaths,
+    StopRule,
+    read_json,
+    round_config,
+    round_paths,
+)
+from medistill.distill.meddistill.round_selection import (  # noqa: F401  (public here too)
+    export_selected,
+    rounds_table,
+    select_round,
+    write_rounds_csv,
+)
 from medistill.distill.meddistill.prompts import (
     PromptRule,
     is_confirmed_negative,
@@ -95,85 +112,9 @@ from medistill.distill.meddistill.prompts import (
     teacher_rejects,
 )
 from medistill.errors import MedistillError
-from medistill.fileio import atomic_path, file_sha256, write_json_atomic, write_text_atomic
+from medistill.fileio import atomic_path, file_sha256, write_json_atomic
 
 log = logging.getLogger("medistill.distill")
-
-ROUNDS_DIR = "rounds"
-BOXES_NAME = "boxes.json"
-CACHE_NAME = "teacher_cache.h5"
-RUN_NAME = "run"
-HELDOUT_NAME = "heldout_masks.npz"
-RECORD_NAME = "round.json"
-CSV_NAME = "rounds.csv"
-LOG_NAME = "rounds.log"
-SOURCE_KIND = "student-round"
-# Copied from the selected round's run folder into OUT (student.keras and preprocessing.json
-# are required; saved_model/ is copied as a folder).
-EXPORTED_FILES = ("student.keras", "preprocessing.json", "history.csv", "curves.png", "loss_terms.png")
-CSV_COLUMNS = ("round", "boxes", "replaced", "kept", "added", "teacher_rejected", "images_gaining",
-               "images_losing", "confirmed_negatives", "ambiguous_negatives", "score", "val_dice",
-               "agreement_previous", "agreement_first_teacher", "decision", "selected")
-SELECTION_RULE = ("the round with the highest held-out agreement Dice between its student and its teacher "
-                  "(original resolution); the earlier round on a tie; a collapsed round only if all are")
-
-
-@dataclass(frozen=True)
-class StopRule:
-    """When the rounds end early (see the module docstring)."""
-
-    margin: float = 0.01      # stop when the score gains less than this over the previous round
-    converged: float = 0.98   # stop when two successive students agree at least this much
-
-    def to_dict(self) -> dict[str, float]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class RoundPaths:
-    """The files of round ``number`` under ``OUT/rounds/<number>/``."""
-
-    folder: Path
-    number: int
-
-    @property
-    def boxes(self) -> Path:
-        return self.folder / BOXES_NAME
-
-    @property
-    def cache(self) -> Path:
-        return self.folder / CACHE_NAME
-
-    @property
-    def run(self) -> Path:
-        return self.folder / RUN_NAME
-
-    @property
-    def heldout(self) -> Path:
-        return self.folder / HELDOUT_NAME
-
-    @property
-    def record(self) -> Path:
-        return self.folder / RECORD_NAME
-
-
-def round_paths(out: str | Path, number: int) -> RoundPaths:
-    """The paths of round ``number`` (1-based) of the rounds run in ``out``."""
-    return RoundPaths(Path(out) / ROUNDS_DIR / str(number), number)
-
-
-def round_config(config: MedDistillConfig, paths: RoundPaths) -> MedDistillConfig:
-    """The one-round configuration :func:`train_meddistill` runs for round ``paths.number``.
-
-    Round 1 keeps ``--cache`` (a cache of the detector's boxes) and ``--init-from`` when
-    given; round ``k + 1`` starts from round ``k``'s run folder.
-    """
-    first = paths.number == 1
-    cache = config.cache if first and config.cache else str(paths.cache)
-    init_from = config.init_from if first else str(round_paths(config.out, paths.number - 1).run)
-    return dataclasses.replace(config, rounds=1, out=str(paths.run), boxes=str(paths.boxes), cache=cache,
-                               init_from=init_from, overwrite=False)
-
 
 # --------------------------------------------------------------------------- predicting
 
@@ -408,7 +349,7 @@ def _run_round(config: MedDistillConfig, paths: RoundPaths, detector: BoxesFile,
         log.info("round %d teacher cache %s: %s", k, one.cache_path(), cache)
     run_dir = Path(train_meddistill(one))
     found = student_pass(config, paths, detector, current, heldout, rule)
-    summary = _read_json(run_dir / "summary.json")
+    summary = read_json(run_dir / "summary.json")
     collapse = summary.get("collapse") if isinstance(summary.get("collapse"), dict) else None
     unchanged = _prompt_key(found.next_boxes) == _prompt_key(current)
     reasons = stop_reasons(found.score, previous, found.agreement_previous, unchanged, stop, collapse)
@@ -441,97 +382,8 @@ def _run_round(config: MedDistillConfig, paths: RoundPaths, detector: BoxesFile,
     return record
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise MedistillError(f"{path} cannot be read ({error}); delete it and rerun to redo that step") from error
-
-
 def _finished(paths: RoundPaths) -> dict | None:
-    return _read_json(paths.record) if paths.record.exists() else None
-
-
-# --------------------------------------------------------------------------- selection, CSV, export
-
-
-def select_round(records: Sequence[dict]) -> dict:
-    """The record of the exported round: highest ``score``, the earlier round on a tie.
-
-    A round whose student collapsed is chosen only when every round's did.
-    """
-    if not records:
-        raise MedistillError("no finished round to select")
-    return max(records, key=lambda r: (not r.get("collapsed", False), float(r["score"]), -int(r["round"])))
-
-
-def _decision(record: dict, last: bool, limit: int) -> str:
-    if record["stop"]:
-        return "stop: " + "; ".join(record["reasons"])
-    if last and record["round"] >= limit:
-        return f"stop: --rounds {limit} reached"
-    return "continue"
-
-
-def rounds_table(records: Sequence[dict], limit: int) -> list[dict]:
-    """One row per round (the columns of ``rounds.csv``)."""
-    selected = select_round(records)["round"] if records else None
-    rows = []
-    for i, record in enumerate(records):
-        prompts = record["prompts"]
-        row = {name: prompts.get(name, 0) for name in CSV_COLUMNS[1:10]}
-        row.update(round=record["round"], score=record["score"], val_dice=record["val_dice"],
-                   agreement_previous=record["agreement_previous"],
-                   agreement_first_teacher=record.get("agreement_first_teacher"),
-                   decision=_decision(record, i == len(records) - 1, limit),
-                   selected=record["round"] == selected)
-        rows.append(row)
-    return rows
-
-
-def _write_csv(out: Path, records: Sequence[dict], limit: int) -> None:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rounds_table(records, limit):
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    write_text_atomic(out / CSV_NAME, text.getvalue())
-
-
-def export_selected(out: str | Path, records: Sequence[dict], limit: int, rule: PromptRule, stop: StopRule) -> dict:
-    """Copy the selected round's student into ``out`` (each file atomically); return ``out/summary.json``."""
-    out = Path(out)
-    chosen = select_round(records)
-    run_dir = round_paths(out, chosen["round"]).run  # not the recorded path: OUT may have moved
-    for required in ("student.keras", "preprocessing.json", "summary.json"):
-        if not (run_dir / required).is_file():
-            raise MedistillError(f"{run_dir / required} is missing: round {chosen['round']}'s run did not export; "
-                                 f"delete {round_paths(out, chosen['round']).record} and rerun to redo that round")
-    for name in EXPORTED_FILES:
-        if (run_dir / name).is_file():
-            with atomic_path(out / name) as tmp:
-                shutil.copyfile(run_dir / name, tmp)
-        elif (out / name).exists():
-            (out / name).unlink()
-    if (run_dir / "saved_model").is_dir():
-        with atomic_path(out / "saved_model", suffix="") as tmp:
-            shutil.copytree(run_dir / "saved_model", tmp)
-    elif (out / "saved_model").is_dir():
-        shutil.rmtree(out / "saved_model")
-    table = rounds_table(records, limit)
-    summary = _read_json(run_dir / "summary.json")
-    summary["rounds"] = {
-        "selected": chosen["round"], "selected_run": str(run_dir), "selection_rule": SELECTION_RULE,
-        "rounds_run": len(records), "rounds_allowed": limit, "stopped": table[-1]["decision"],
-        "stop_rule": stop.to_dict(), "prompt_rule": rule.to_dict(),
-        "per_round": [{k: row[k] for k in ("round", "score", "val_dice", "agreement_previous",
-                                           "agreement_first_teacher", "boxes", "added", "replaced",
-                                           "confirmed_negatives", "decision", "selected")}
-                      for row in table],
-    }
-    write_json_atomic(out / "summary.json", summary)
-    log.info("rounds: exported round %d's student to %s (%s)", chosen["round"], out, table[-1]["decision"])
-    return summary
+    return read_json(paths.record) if paths.record.exists() else None
 
 
 # --------------------------------------------------------------------------- the command
@@ -650,7 +502,7 @@ def run_rounds(config: MedDistillConfig, *, rule: PromptRule | None = None, stop
             else:
                 log.info("round %d: already finished (%s), not redone", k, paths.record)
             records.append(record)
-            _write_csv(out, records, config.rounds)
+            write_rounds_csv(out, records, config.rounds)
             if record["stop"] or k >= config.rounds:
                 break
             k += 1
