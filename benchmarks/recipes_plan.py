@@ -16,7 +16,8 @@ TEACHER = "teacher"
 SIKD_TEACHER = "sikd teacher"
 RECIPES = ("kamsd", "cakd-mskd", "sikd", "sscd")
 # Variants, run after every recipe at its defaults: name -> (recipe, --recipe-options)
-VARIANTS = {"sikd-noclip": ("sikd", {"clip_norm": 0.0}), "sscd-exchange": ("sscd", {"patch_exchange": True})}
+VARIANTS = {"sikd-noclip": ("sikd", {"clip_norm": 0.0}), "sscd-exchange": ("sscd", {"patch_exchange": True}),
+            "kamsd-1scale": ("kamsd", {"scales": 1})}
 METHODS = (BASELINE, *RECIPES, *VARIANTS)
 CURVES_PNG = Path(__file__).resolve().parent / "recipes_curves.png"
 
