@@ -165,7 +165,15 @@ def main() -> None:
              f"{args.img_size} px, batch {args.batch} (SSCD: {args.batch} labelled + {args.batch} unlabelled per "
              f"step), CPU, one process; {args.repeats} interleaved repetitions after two warm-up calls each; "
              f"1-minute load {min(loads):.1f}–{max(loads):.1f}. The parts do not add up to the step exactly "
-             "(the step also mixes images, computes the losses and applies the optimiser).")
+             "(the step also mixes images, computes the losses and applies the optimiser).\n\n"
+             "Where the time goes: with B labelled and B unlabelled images, each of the two students runs forward "
+             "and backward on 3B images (the 2B copy-paste mixed images of its view and its B labelled images, "
+             "for the entropy mask) and then on 5B (the 4B images X̃, both views, and the B hard-region images): "
+             "16B image passes per step against B for the supervised step, plus the teacher's forward pass on "
+             "2B images. The students' passes are most of the step (the two call rows, ×2 students); the data "
+             "stream and the largest-component clean-up are small. A step within 3× of a supervised one would "
+             "need fewer than 3B student passes, i.e. another method (one student, no X̃ term), so the recipe "
+             "keeps the method and the figures say what it costs.")
     publish(args, SECTION_KEY, SECTION_TITLE, body, notes)
 
 
