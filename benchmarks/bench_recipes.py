@@ -24,6 +24,7 @@ process, one model at a time, and the validation-Dice curves of every run are dr
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -55,6 +56,8 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true",
                         help="with --work: reuse the finished runs found there and resume the unfinished ones "
                              "(without it a --work folder that already holds runs is refused)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="seeds of the students (default: the plan's, 0 1 2; the teachers use the first)")
     args = parser.parse_args()
     if args.work is not None and (args.work / "runs").is_dir() and any((args.work / "runs").iterdir()) \
             and not args.resume:
@@ -62,6 +65,8 @@ def main() -> None:
     if args.resume and args.work is None:
         parser.error("--resume needs --work DIR (the folder of the run to continue)")
     plan = QUICK if args.quick else FULL
+    if args.seeds:
+        plan = dataclasses.replace(plan, seeds=tuple(args.seeds))
     start = time.monotonic()
     deadline = start + args.deadline_minutes * 60 if args.deadline_minutes else None
     with tempfile.TemporaryDirectory(prefix="medistill-bench-recipes-") as scratch:
