@@ -152,6 +152,9 @@ class RecipeTraining(TrainingMethod):
     def trackables(self) -> dict[str, Any]:
         return self.recipe.trackables()
 
+    def min_epochs(self) -> int:
+        return self.recipe.min_epochs()
+
     def trained_models(self) -> list[keras.Model]:
         return self.recipe.trained_models()
 

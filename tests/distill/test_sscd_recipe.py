@@ -161,6 +161,7 @@ def test_the_better_student_by_validation_dice_is_exported(phantoms, binary_teac
     trainer.pre = recipe.context.preprocess
     trainer.val = training_samples(config.data, val_fraction=0.5, seed=config.seed)[1]
     assert recipe.student not in (recipe.student1, recipe.student2)
+    assert trainer.min_epochs() == config.epochs   # no early stop before the curriculum reaches the exported head
     for better, (first, second) in ((2, (-1.0, 1.0)), (1, (1.0, -1.0))):
         _constant_prediction(recipe.student1, first)    # -1: predicts no lesion at all, Dice 0
         _constant_prediction(recipe.student2, second)   # +1: all lesion, Dice > 0 (every phantom has some)

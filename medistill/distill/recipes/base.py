@@ -184,6 +184,10 @@ class Recipe:
         """Objects besides the student and optimiser that the checkpoint must hold."""
         return {}
 
+    def min_epochs(self) -> int:
+        """No early stop before this many epochs (default: the loop's patience alone decides)."""
+        return 0
+
     def trained_models(self) -> list[keras.Model]:
         """The models this recipe trains (their batch norm is synchronised across replicas):
         the student and every other Keras model among :meth:`trackables`."""

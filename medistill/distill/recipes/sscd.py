@@ -273,6 +273,11 @@ class SSCD(_SSCDBase):
     def candidates(self) -> list[keras.Model]:
         return [self.student1, self.student2]
 
+    def min_epochs(self) -> int:
+        # The exported (finest) head is trained only from stage 4 on: an early stop in the
+        # coarse stages would end the run before the exported output has learnt anything.
+        return int(self.context.config.epochs)
+
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "exported": "the student (1: weak view, 2: strong view) with the better "
                 "validation Dice at the best epoch (history.csv: exported_candidate)", "curriculum_heads": self.heads}
