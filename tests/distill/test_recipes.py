@@ -305,3 +305,14 @@ def test_sikd_clips_the_global_gradient_norm(clip_norm):
         assert 0 < change <= clip_norm * 1.001
     else:
         assert change > 0.05   # unclipped, the same step moves much further
+
+
+def test_sikd_dice_option_adds_the_supervised_dice_term():
+    from medistill.losses import segmentation_loss
+
+    recipe = make_recipe("sikd", 3, make_teacher(3, deep_supervision=False), recipe_options={"dice": True})
+    x, y, averaged = recipe_batch(recipe, 3)
+    terms = recipe.losses(x, y, averaged, training=False)
+    logits = recipe.student_taps(x, training=False)["logits"]
+    np.testing.assert_allclose(terms["total"], segmentation_loss(y, logits) + terms["feature"], rtol=1e-5)
+    assert float(tf.reduce_min(terms["total"] - terms["ce"] - terms["feature"])) > 0.05   # the Dice term

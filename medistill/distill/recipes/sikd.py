@@ -15,7 +15,10 @@
 * Gradient clipping: the student's gradients are rescaled to a global L2 norm of at most
   ``clip_norm`` (1.0, as the released training does; 0 turns it off).
 
-Options: ``feature_weight`` 2.0, ``feature`` "penultimate", ``clip_norm`` 1.0.
+* ``dice`` (default false, the paper's CE): the supervised term becomes the supervised
+  trainer's CE + Dice, for small imbalanced sets where CE alone learns the foreground late.
+
+Options: ``feature_weight`` 2.0, ``feature`` "penultimate", ``clip_norm`` 1.0, ``dice`` false.
 
 Example::
 
@@ -32,6 +35,7 @@ import tensorflow as tf
 from medistill.distill.recipes import taps
 from medistill.distill.recipes.base import Recipe
 from medistill.errors import MedistillError
+from medistill.losses import segmentation_loss
 from medistill.losses.sikd import classwise_average, cross_entropy_per_example, sikd_loss_per_example
 from medistill.networks import feature_names
 
@@ -78,7 +82,7 @@ class SIKD(Recipe):
 
     name = "sikd"
     teacher_recipe = SIKDTeacher
-    option_defaults = {"feature_weight": 2.0, "feature": "penultimate", "clip_norm": 1.0}
+    option_defaults = {"feature_weight": 2.0, "feature": "penultimate", "clip_norm": 1.0, "dice": False}
 
     @classmethod
     def teacher_build_options(cls, config) -> dict[str, Any]:
@@ -88,6 +92,8 @@ class SIKD(Recipe):
 
     def build(self) -> None:
         teacher, feature = self.context.teacher, str(self.options["feature"])
+        if not isinstance(self.options["dice"], bool):
+            raise MedistillError(f"--recipe-options dice={self.options['dice']!r}: must be true or false")
         clip = self.options["clip_norm"]
         if isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0:
             raise MedistillError(f"--recipe-options clip_norm={clip!r}: must be a number >= 0 (0: no clipping)")
@@ -116,7 +122,10 @@ class SIKD(Recipe):
         found = self.student_taps(x, training=training)
         ce = cross_entropy_per_example(y, found["logits"])
         total = sikd_loss_per_example(y, found["logits"], found[feature], target, self.context.outputs, weight)
-        return {"total": total, "ce": ce, "feature": total - ce}
+        feature_term = total - ce
+        if self.options["dice"]:
+            total = segmentation_loss(y, found["logits"]) + feature_term
+        return {"total": total, "ce": ce, "feature": feature_term}
 
     def step(self, batch: Any) -> dict[str, tf.Tensor]:
         x, y, averaged = batch
