@@ -18,11 +18,12 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import (CommandLog, argument_parser, copy_pairs, exported_stems, load_average, markdown_table,
                     publish)
+from student_spec import Student
 
 SECTION_KEY = "supervised"
 SECTION_TITLE = "Supervised students through the CLI (`medistill train` + `predict_eval.py`)"
@@ -46,19 +47,6 @@ class TrainSettings:
         """As command-line arguments."""
         return ["--img-size", str(self.img_size), "--epochs", str(self.epochs), "--batch", str(self.batch),
                 "--val-fraction", str(self.val_fraction)]
-
-
-@dataclass(frozen=True)
-class Student:
-    """A student name and its ``--student-options``."""
-
-    name: str
-    options: dict = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        """Name plus options, for tables."""
-        return f"`{self.name}` {json.dumps(self.options)}" if self.options else f"`{self.name}`"
 
 
 @dataclass(frozen=True)

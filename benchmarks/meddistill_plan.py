@@ -4,23 +4,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from student_spec import Student
 
 TEACHER = "litemedsam"
-
-
-@dataclass(frozen=True)
-class Student:
-    """A student name and its ``--student-options``."""
-
-    name: str
-    options: dict = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return f"`{self.name}` {json.dumps(self.options)}" if self.options else f"`{self.name}`"
-
-    def arguments(self) -> list[str]:
-        return ["--student", self.name, "--student-options", json.dumps(self.options)]
 
 
 @dataclass(frozen=True)

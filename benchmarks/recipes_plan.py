@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import CommandLog, copy_pairs, exported_stems, slice_index
+from student_spec import Student as Network
 
 SECTION_KEY = "recipes"
 SECTION_TITLE = "Distillation recipes against the undistilled student (`medistill distill` + `predict_eval.py`)"
@@ -27,19 +27,6 @@ CURVES_PNG = Path(__file__).resolve().parent / "recipes_curves.png"
 # ---------------------------------------------------------------------------
 # Settings
 # ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Network:
-    """A network name and its builder options."""
-
-    name: str
-    options: dict = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        """Name plus options, for tables."""
-        return f"`{self.name}` {json.dumps(self.options)}" if self.options else f"`{self.name}`"
 
 
 @dataclass(frozen=True)
