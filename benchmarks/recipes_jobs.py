@@ -58,8 +58,9 @@ def _network_arguments(flag: str, network: Network) -> list[str]:
 
 
 def build_jobs(work: Path, plan: Plan, datasets: Sequence[str], methods: Sequence[str]) -> list[Job]:
-    """For each data set in turn: its teacher, then every (seed, method). Runs start in this order
-    (a run waiting for its teacher lets the next ones start), so a time limit cuts the last data set."""
+    """Every data set's teacher, then every (seed, data set, method), then the variants the same way.
+    Runs start in this order (a run waiting for its teacher lets the next ones start), so a time
+    limit cuts the last seeds of both data sets, and the variants first."""
     jobs: list[Job] = []
     first_seed = plan.seeds[0]
     for dataset in datasets:
@@ -68,10 +69,9 @@ def build_jobs(work: Path, plan: Plan, datasets: Sequence[str], methods: Sequenc
             "-m", "medistill", "train", "--data", str(work / dataset), *_network_arguments("student", plan.teacher),
             *settings.arguments(settings.teacher_epochs), "--seed", str(first_seed),
             "--out", str(work / "runs" / f"{dataset}_teacher"))))
-        jobs += [method_job(work, plan, dataset, method, seed) for seed in plan.seeds
-                 for method in methods if method not in VARIANTS]
-    jobs += [method_job(work, plan, dataset, method, seed) for seed in plan.seeds for dataset in datasets
-             for method in methods if method in VARIANTS]
+    for variants in (False, True):
+        jobs += [method_job(work, plan, dataset, method, seed) for seed in plan.seeds for dataset in datasets
+                 for method in methods if (method in VARIANTS) == variants]
     return jobs
 
 
