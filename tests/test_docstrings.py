@@ -18,7 +18,7 @@ MODULES = [
     "medistill.cli.options",
     "medistill.distill.config",
     "medistill.distill.meddistill.config",
-    "medistill.distill.meddistill.data",
+    "medistill.distill.meddistill.frames",
     "medistill.distill.meddistill.prompts",
     "medistill.train.loop",
     "medistill.distill.meddistill.trust",

@@ -1,0 +1,116 @@
+"""The teacher's targets of a MedDistill run: the teacher cache (built or completed on the
+chief, read by every worker) or, with ``--live-teacher``, the teacher called at each step.
+
+Example::
+
+    prepared = prepare_data(config, session, grid_for=lambda info: 16)
+    prepared.train.soft.shape          # (N, S, S) the teacher's soft masks in the student frame
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from medistill.distill.meddistill import data as md
+from medistill.distill.meddistill.config import MedDistillConfig
+from medistill.distribute import barrier
+from medistill.errors import MedistillError
+from medistill.train.session import RunSession
+
+log = logging.getLogger("medistill.distill")
+
+
+def prepare_cache(config: MedDistillConfig, session: RunSession, teacher: Any = None) -> dict:
+    """Build or complete the teacher cache on the chief; other workers wait, then read it.
+
+    ``teacher`` is the teacher if already built (co-learn builds it first). A worker that
+    cannot see the chief's file (another machine without a shared disk) builds its own copy.
+    """
+    from medistill.teachers.cache import build_cache
+    from medistill.teachers.registry import build_teacher
+
+    path = config.cache_path()
+    summary: dict = {}
+    if session.chief:
+        summary = build_cache(teacher or build_teacher(config.teacher), config.image_dir, config.boxes, path)
+    barrier(session.strategy)
+    if not session.chief and not path.exists():
+        summary = build_cache(teacher or build_teacher(config.teacher), config.image_dir, config.boxes, path,
+                              progress=False)
+    log.info("teacher cache %s: %s", path, summary or "built by the chief")
+    return summary
+
+
+@dataclass
+class Prepared:
+    """The data of a run and what was learned about the teacher's features."""
+
+    train: md.DistillData
+    val: md.DistillData | None
+    features: md.FeatureInfo | None
+    live: Any = None        # the live-teacher callable (live-teacher mode)
+    cache: dict | None = None
+    source: dict = field(default_factory=dict)  # the boxes file's provenance record
+
+
+def _feature_info_live(teacher, train_entries, image_dir) -> md.FeatureInfo | None:
+    probe = train_entries[0]
+    boxes = md.entry_xyxy(probe)
+    out = teacher.predict(md.read_entry_image(probe, image_dir), boxes)
+    if out.features is None:
+        return None
+    return md.FeatureInfo(tuple(int(v) for v in out.features.shape), int(out.feature_stride))
+
+
+def _entries(config: MedDistillConfig):
+    """Training and validation entries of the boxes file, and its ``source`` record."""
+    from medistill.boxes.boxes_file import read_boxes
+
+    boxes = read_boxes(config.boxes)
+    train, val = md.split_entries(boxes, config.image_dir, config.val_fraction, config.seed)
+    if config.skip_empty:
+        dropped = len(train)
+        train = md.drop_empty(train)
+        log.info("--skip-empty: %d training image(s) without a box dropped", dropped - len(train))
+    return train, val, dict(boxes.source)
+
+
+class LiveTeacher:
+    """Live-teacher mode: ``live(i)`` calls the teacher on training image ``i`` (counts the calls)."""
+
+    def __init__(self, teacher, data: md.DistillData, size: int, grid: int | None) -> None:
+        self.teacher, self.data, self.size, self.grid = teacher, data, size, grid
+        self.calls = 0
+
+    def __call__(self, index: int):
+        self.calls += 1
+        return md.live_targets(self.teacher, self.data, index, self.size, self.grid)
+
+
+def prepare_data(config: MedDistillConfig, session: RunSession, grid_for, teacher: Any = None) -> Prepared:
+    """Read the split's images and targets; ``grid_for(info)`` gives the student feature grid."""
+    train_entries, val_entries, source = _entries(config)
+    pre = config.preprocess()
+    if config.live_teacher:
+        from medistill.teachers.registry import build_teacher
+
+        teacher = build_teacher(config.teacher)
+        info = _feature_info_live(teacher, train_entries, config.image_dir)
+        grid = grid_for(info)
+        train = md.load_live(teacher, config.image_dir, train_entries, pre, grid=grid, call_teacher=False)
+        val = (md.load_live(teacher, config.image_dir, val_entries, pre, grid=None, call_teacher=True,
+                            desc="teacher on validation images") if val_entries else None)
+        return Prepared(train, val, info, live=LiveTeacher(teacher, train, pre.size, grid), source=source)
+    cache = prepare_cache(config, session, teacher)
+    path = config.cache_path()
+    info = md.cache_feature_info(path, [e.stem for e in train_entries + val_entries])
+    if config.co_learn and (info is None or info.channels != 256):
+        raise MedistillError(f"{path}: --co-learn needs LiteMedSAM's cached (64, 64, 256) embeddings, the cache "
+                             f"has {'no features' if info is None else info.shape}; build it with --teacher litemedsam")
+    grid = grid_for(info)
+    train = md.load_from_cache(path, config.image_dir, train_entries, pre, grid=grid, co_learn=config.co_learn)
+    val = (md.load_from_cache(path, config.image_dir, val_entries, pre, grid=None, desc="validation images")
+           if val_entries else None)
+    return Prepared(train, val, info, cache=cache, source=source)
