@@ -173,6 +173,15 @@ def test_the_better_student_by_validation_dice_is_exported(phantoms, binary_teac
             np.testing.assert_array_equal(a, b)
 
 
+def test_without_the_curriculum_the_finest_head_is_trained_from_the_start(phantoms, binary_teacher):
+    recipe = make_recipe(phantoms, binary_teacher, curriculum=False)
+    finest = [0.0] * (len(recipe.heads) - 1) + [1.0]
+    np.testing.assert_array_equal(recipe.weight_table.numpy(), [finest] * recipe.context.config.epochs)
+    assert recipe.min_epochs() == 0
+    assert recipe.stage_table.numpy().tolist() == [5.0, 5.0]
+    assert make_recipe(phantoms, binary_teacher).stage_table.numpy().tolist() == [4.0, 5.0]   # 2 epochs: stages 4, 5
+
+
 def test_bad_recipe_options_are_named():
     with pytest.raises(MedistillError, match="pv_threshold"):
         check_options({**OPTIONS, "pv_threshold": 2.0})

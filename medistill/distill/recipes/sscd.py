@@ -25,7 +25,8 @@ strong ones. Per step, with ``B`` labelled images ``x_l`` and ``B`` unlabelled `
 3. each student's prediction is the curriculum mix ``Σ w_i z_i`` of its deep-supervision
    heads (coarse to fine), ``w`` from stage ``1 + epoch·5 // epochs``
    (:func:`~medistill.losses.sscd.stage_for_epoch`): ``[1,0,0,0] → … → [0,0,0,1]``; a
-   student with fewer than four heads gets the four weights folded onto its heads;
+   student with fewer than four heads gets the four weights folded onto its heads
+   (``curriculum: false``: the finest head alone from the first epoch);
 4. loss per student ``(Dice+CE)_mix/2 + Dice(p_k, argmax p_k') + Dice(p_k(X̃), argmax
    p_k'(X̃))`` with ``X̃`` the weak and strong mixed images, after the hard-patch exchange
    when ``patch_exchange`` is on (default off), seen by both students;
@@ -71,6 +72,7 @@ from medistill.distill.recipes.sscd_data import (  # the recipe's data helpers (
 from medistill.errors import MedistillError
 from medistill.losses.cakd import class_probabilities
 from medistill.losses.sscd import (
+    STAGES,
     curriculum_logits,
     curriculum_weights,
     entropy_hard_mask,
@@ -108,6 +110,7 @@ OPTIONS: dict[str, Any] = {
     "jitter": 0.2,
     "noise": 0.05,
     "cutout": 0.25,
+    "curriculum": True,
 }
 
 _RANGES = {
@@ -127,7 +130,7 @@ def check_options(options: dict[str, Any]) -> None:
         if bad_type or value < low or (high is not None and value > high) or (name == "box_fraction" and value == 0):
             limit = f"[{low}, {high}]" if high is not None else f">= {low}"
             raise MedistillError(f"--recipe-options {name}={value!r}: must be a number {limit}")
-    for name in ("largest_component", "patch_exchange"):
+    for name in ("largest_component", "patch_exchange", "curriculum"):
         if not isinstance(options[name], bool):
             raise MedistillError(f"--recipe-options {name}={options[name]!r}: must be true or false")
     for name in ("patch_grid", "exchanged_patches"):
@@ -253,7 +256,8 @@ class SSCD(_SSCDBase):
                         "logits only (build it with deep_supervision=True)", context.config.student)
         self.views = [feature_model(model, self.heads) for model in (self.student1, self.student2)]
         epochs = context.config.epochs
-        stages = [stage_for_epoch(epoch, epochs) for epoch in range(epochs)]
+        # curriculum false: the last stage (the finest head alone) from the first epoch
+        stages = [stage_for_epoch(epoch, epochs) if options["curriculum"] else STAGES for epoch in range(epochs)]
         self.stage_table = tf.constant(stages, tf.float32)
         self.weight_table = tf.constant(
             [fold_weights(curriculum_weights(stage), len(self.heads)) for stage in stages], tf.float32)
@@ -276,7 +280,7 @@ class SSCD(_SSCDBase):
     def min_epochs(self) -> int:
         # The exported (finest) head is trained only from stage 4 on: an early stop in the
         # coarse stages would end the run before the exported output has learnt anything.
-        return int(self.context.config.epochs)
+        return int(self.context.config.epochs) if self.options["curriculum"] else 0
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "exported": "the student (1: weak view, 2: strong view) with the better "
