@@ -146,7 +146,7 @@ def main() -> None:
                              "(default: all; the released, default and supervised rows always use all)")
     parser.add_argument("--dry-run", action="store_true", help="print the planned runs and the estimate, then stop")
     parser.add_argument("--rows", nargs="+", default=None,
-                        help="only these trained rows (keys: released default no_dice or with_dice, no_proj no_outside "
+                        help="only these trained rows (keys: released default no_dice no_proj no_outside "
                              "no_confidence negatives_all no_qc rounds2 supervised; default: all)")
     parser.add_argument("--detector-boxes", nargs="+", metavar="SET=PATH", default=None,
                         help="detector boxes of a set: a folder with distill.json and test.json (boxes of "

@@ -71,9 +71,8 @@ def trained_rows() -> tuple[list[Row], list[str]]:
         if term in DEFAULT_TERMS:
             rows.append(Row(f"no_{term}", f"default without {term}",
                             {"terms": [t for t in DEFAULT_TERMS if t != term]}, ablation=True))
-        else:  # an optional term: its row adds it to the default
-            with_term = [t for t in ("bce", "dice", "proj", "outside", "feat") if t in DEFAULT_TERMS or t == term]
-            rows.append(Row(f"with_{term}", f"default with {term}", {"terms": with_term}, ablation=True))
+        else:
+            notes.append(f"'no {term}' not run: {term} is not a default term ({', '.join(DEFAULT_TERMS)})")
     if defaults["confidence"]:
         rows.append(Row("no_confidence", "default without confidence weights", {"confidence": False}, ablation=True))
     else:

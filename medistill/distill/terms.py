@@ -10,8 +10,5 @@ TERM_NAMES = ("bce", "prob", "dice", "proj", "outside", "feat")
 # The terms of the released MedDistill (the ULWR rule weights exactly these).
 RELEASED_TERMS = ("bce", "prob", "feat")
 # The terms of a default run ("feat" only when the teacher has features).
-# Without "dice": on the label-free benchmark (4 sets x 3 seeds) the soft Dice term lowered
-# the student's Dice on three sets (benchmarks/RESULTS.md, "Label-free students"); it stays
-# available (--terms bce,dice,proj,outside,feat).
-DEFAULT_TERMS = ("bce", "proj", "outside", "feat")
+DEFAULT_TERMS = ("bce", "dice", "proj", "outside", "feat")
 WEIGHTINGS = ("ulwr", "learned", "fixed")

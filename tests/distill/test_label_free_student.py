@@ -101,10 +101,10 @@ def _batch(phantoms, augment: bool = True) -> tuple[md.DistillData, dict]:
 
 def test_default_run_logs_the_new_terms_and_records_trust_and_collapse(default_run):
     history = pd.read_csv(default_run / "history.csv")
-    assert {"bce", "proj", "outside", "w_bce", "w_proj", "w_outside"} <= set(history.columns)
-    assert "prob" not in history.columns and "dice" not in history.columns  # not default terms
+    assert {"bce", "dice", "proj", "outside", "w_bce", "w_dice", "w_proj", "w_outside"} <= set(history.columns)
+    assert "prob" not in history.columns  # not a default term
     summary = json.loads((default_run / "summary.json").read_text())
-    assert summary["terms"] == ["bce", "proj", "outside", "feat"] and summary["weighting"] == "learned"
+    assert summary["terms"] == ["bce", "dice", "proj", "outside", "feat"] and summary["weighting"] == "learned"
     # 8 training images at batch 4 are 2 steps: the epoch repeats the set to reach 10 steps
     assert summary["steps_per_epoch"] == 10 and summary["passes_per_epoch"] == 5
     assert summary["trust"]["negatives_rule"] == "auto"
@@ -276,12 +276,11 @@ def test_the_exported_student_is_the_selected_epoch_not_the_last(phantoms, tmp_p
     assert json.loads((run / "summary.json").read_text())["best_val_dice"] == pytest.approx(0.9)
 
 
-def test_the_new_terms_train_inside_tf_function_with_a_feature_teacher(phantoms, tmp_path):
-    """Every new term (dice too, an option), the feature term included, through the compiled training step."""
+def test_the_default_terms_train_inside_tf_function_with_a_feature_teacher(phantoms, tmp_path):
+    """Every default term, the feature term included, through the compiled training step."""
     config = MedDistillConfig(image_dir=str(phantoms["images"]), boxes=str(phantoms["boxes"]), out=str(tmp_path / "f"),
                               teacher="ellipse-features", student="unet", student_options=TINY, img_size=64,
-                              epochs=1, batch=4, seed=0, min_steps_per_epoch=2, keep_collapsed=True,
-                              terms=["bce", "dice", "proj", "outside", "feat"])
+                              epochs=1, batch=4, seed=0, min_steps_per_epoch=2, keep_collapsed=True)
     run = train_meddistill(config)
     history = pd.read_csv(run / "history.csv")
     assert {"bce", "dice", "proj", "outside", "feat", "w_feat"} <= set(history.columns)

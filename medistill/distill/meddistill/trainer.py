@@ -8,7 +8,7 @@ learns, from the teacher (cached once, or called at every step with ``--live-tea
   image, so small targets count); box level: ``L_proj`` (the student's mask projected
   onto each box's rows and columns fills them) and ``L_outside`` (background outside
   every box); see :mod:`medistill.distill.meddistill.distiller` and
-  docs/label_free_losses.md. ``--terms`` chooses them (default bce, proj, outside, feat; dice is an option);
+  docs/label_free_losses.md. ``--terms`` chooses them (default bce, dice, proj, outside, feat);
 - feature level (when the teacher has features): ``L_feat = MSE(P(F_s), resize(F_t))``
   (or ``1 − cos``), ``F_s`` a named student feature map, ``P`` a learned 1×1 projection
   (:class:`~medistill.distill.projection.FeatureProjection`). The default layer is the
