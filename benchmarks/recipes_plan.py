@@ -40,9 +40,10 @@ class DataSettings:
     val_fraction: float
 
     def arguments(self, epochs: int) -> list[str]:
-        """As command-line arguments, with ``epochs`` epochs."""
+        """As command-line arguments, with ``epochs`` epochs and no early stop (``--patience`` = epochs:
+        every run of a comparison trains the same number of epochs; the best epoch is still exported)."""
         return ["--img-size", str(self.img_size), "--epochs", str(epochs), "--batch", str(self.batch),
-                "--val-fraction", str(self.val_fraction)]
+                "--val-fraction", str(self.val_fraction), "--patience", str(epochs)]
 
 
 @dataclass(frozen=True)
