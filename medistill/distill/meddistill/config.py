@@ -41,6 +41,13 @@ CACHE_NAME = "teacher_cache.h5"
 DEFAULT_STUDENT_OPTIONS = {"base_filters": 16}
 
 
+def default_runtime() -> dict[str, Any]:
+    """The default teacher runtime's settings (``TeacherRuntime().to_dict()``)."""
+    from medistill.teachers.registry import TeacherRuntime
+
+    return TeacherRuntime().to_dict()
+
+
 def runtime_checks(runtime: dict[str, Any]) -> list[tuple[bool, str]]:
     """``teacher_runtime`` must make a :class:`~medistill.teachers.registry.TeacherRuntime`."""
     from medistill.teachers.registry import TeacherRuntime
@@ -99,7 +106,7 @@ class MedDistillConfig:
     keep_collapsed: bool = False
     init_from: str | None = None
     rounds: int = 1
-    teacher_runtime: dict[str, Any] = field(default_factory=dict)
+    teacher_runtime: dict[str, Any] = field(default_factory=lambda: default_runtime())
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -181,6 +188,7 @@ class MedDistillConfig:
         """
         mine, theirs = self.to_dict(), other.to_dict()
         mine["teacher_runtime"], theirs["teacher_runtime"] = (
-            {k: v for k, v in (config.get("teacher_runtime") or {}).items() if k in TARGET_RUNTIME_FIELDS}
+            {k: v for k, v in {**default_runtime(), **(config.get("teacher_runtime") or {})}.items()
+             if k in TARGET_RUNTIME_FIELDS}
             for config in (mine, theirs))
         return [k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs.get(k)]
