@@ -19,7 +19,8 @@ RECIPES = ("kamsd", "cakd-mskd", "sikd", "sscd")
 VARIANTS = {"sikd-noclip": ("sikd", {"clip_norm": 0.0}), "sscd-exchange": ("sscd", {"patch_exchange": True}),
             "kamsd-1scale": ("kamsd", {"scales": 1}), "kamsd-noadapter": ("kamsd", {"adapter_weight": 0.0}),
             "kamsd-noboundary": ("kamsd", {"boundary": False}), "sikd-fw0.5": ("sikd", {"feature_weight": 0.5}),
-            "sikd-dice": ("sikd", {"dice": True}), "sscd-nocurriculum": ("sscd", {"curriculum": False})}
+            "sikd-dice": ("sikd", {"dice": True}), "sscd-nocurriculum": ("sscd", {"curriculum": False}),
+            "sscd-curriculum": ("sscd", {"curriculum": True})}
 METHODS = (BASELINE, *RECIPES, *VARIANTS)
 CURVES_PNG = Path(__file__).resolve().parent / "recipes_curves.png"
 

@@ -190,7 +190,8 @@ def method_notes(descriptions: dict[str, str], plan: Plan, commands: CommandLog,
         "(deep supervision, boundary head and output distillation on the main logits only; adapters unchanged); "
         "*kamsd-noadapter* (`adapter_weight` 0) and *kamsd-noboundary* (`boundary` false) drop one KAMSD term each; "
         "*sikd-fw0.5* is SIKD with `feature_weight` 0.5 instead of 2; *sikd-dice* adds the Dice term to SIKD's CE (`dice` true); *sscd-nocurriculum* trains SSCD's finest head "
-        "alone from the first epoch (`curriculum` false).",
+        "alone from the first epoch (`curriculum` false, the default since 5ba730b); *sscd-curriculum* is the "
+        "paper's coarse-to-fine curriculum (`curriculum` true).",
         "",
         "Cut for time (the whole script is sized for about 60 minutes on 2 shared CPU cores): "
         f"{plan.phantom_counts[0]} training phantoms and one MNI152 slice in {plan.mni152_train_step}, "
