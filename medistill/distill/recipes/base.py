@@ -100,6 +100,16 @@ class RecipeContext:
         return 1 if self.num_classes == 2 else self.num_classes
 
 
+def clipped_global_gradients(grads: list, clip_norm: float) -> list:
+    """Per-replica gradients whose sum over replicas is the global gradient clipped to ``clip_norm``."""
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync if context is not None else 1
+    if replicas > 1:
+        grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    grads, _ = tf.clip_by_global_norm(grads, clip_norm)
+    return [g / replicas for g in grads] if replicas > 1 else grads
+
+
 class Recipe:
     """Base class of the distillation recipes (see the module docstring)."""
 
@@ -227,11 +237,14 @@ class Recipe:
         """Gradients of ``loss`` for ``self.trainable``, applied by ``self.optimizer``.
 
         ``clip_norm``: rescale the gradients so that their global L2 norm is at most this
-        (PyTorch's ``clip_grad_norm_``; on each replica's gradients before they are summed).
+        (PyTorch's ``clip_grad_norm_``), measured on the gradient of the whole global batch:
+        on several replicas the per-replica gradients are summed first, clipped, and handed
+        back as equal shares (the optimizer sums the replicas' shares), so N replicas clip
+        exactly what one device clips.
         """
         from medistill.train.precision import scaled_gradients
 
         grads = scaled_gradients(tape, loss, self.trainable, self.optimizer)
         if clip_norm:
-            grads, _ = tf.clip_by_global_norm(grads, float(clip_norm))
+            grads = clipped_global_gradients(grads, float(clip_norm))
         self.optimizer.apply_gradients(zip(grads, self.trainable))
