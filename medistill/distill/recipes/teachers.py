@@ -2,12 +2,13 @@
 
 Used by KAMSD and CAKD + MSKD (docs/methods.md §2, §3).
 
-The supervised trainer (:func:`medistill.train.supervised.train_supervised`) fits the
-main logits only, so a network built with ``deep_supervision=True`` would leave its
-``aux`` heads untrained, and KAMSD / MSKD would distil random maps at the coarse
-scales. :class:`DeepSupervisedTeacher` trains every head: the sum over heads of
-BCE + Dice (one logit) or CE + Dice (K classes), EDSDF's and nnU-Net's deep
-supervision. Without heads it is exactly the supervised loss on the logits.
+:class:`DeepSupervisedTeacher` trains every head: the sum over heads of BCE + Dice (one
+logit) or CE + Dice (K classes), EDSDF's and nnU-Net's deep supervision, so KAMSD / MSKD
+never distil untrained coarse heads. It computes the loss the supervised trainer
+(:class:`medistill.train.supervised.SupervisedTraining`) computes on such a student
+(:func:`medistill.losses.kamsd.deep_supervision_loss_per_example` over
+:func:`medistill.networks.head_names`); as a recipe it runs where the recipes' teachers run
+and records its name in the teacher's ``summary.json``.
 
 Example (what ``--train-teacher`` runs for KAMSD)::
 
