@@ -15,7 +15,8 @@ two variants run: SIKD without gradient clipping (``clip_norm: 0``, reusing SIKD
 and SSCD with the hard-patch exchange (``patch_exchange: true``, reusing the same seed's
 SSCD teacher). Finally, the batch-1 CPU latency of every exported model is measured in this
 process, one model at a time, and the validation-Dice curves of every run are drawn
-(``benchmarks/recipes_curves.png``).
+(``recipes_curves.png`` beside the results file: ``benchmarks/`` by default, the
+``--work`` folder with ``--quick``).
 
     .venv/bin/python benchmarks/bench_recipes.py [--quick] [--datasets mni152 phantoms]
         [--methods baseline kamsd cakd-mskd sikd sscd sikd-noclip sscd-exchange] [--jobs 2]
@@ -87,7 +88,8 @@ def main() -> None:
         costs = measure_costs(outcomes, plan, work)
         curves = draw_curves([(o.job.dataset, o.job.method, o.job.seed, o.job.run_dir) for o in outcomes.values()],
                              args.datasets, [m for m in (TEACHER, *args.methods)],
-                             CURVES_PNG if not args.quick else work / CURVES_PNG.name)
+                             work / CURVES_PNG.name if args.quick
+                             else results_path(args).with_name(CURVES_PNG.name))
         print(f"validation curves: {curves}", flush=True)
     notes = method_notes(descriptions, plan, commands, time.monotonic() - start, args.jobs, outcomes,
                          not_started, finished=True)

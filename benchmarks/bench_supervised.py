@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import (CommandLog, argument_parser, copy_pairs, exported_stems, load_average, markdown_table,
-                    publish)
+                    middle_block, publish, slice_index)
 from student_spec import Student
 
 SECTION_KEY = "supervised"
@@ -111,25 +110,17 @@ def prepare_nuclei(root: Path, plan: Plan, commands: CommandLog) -> str:
             "epoch with the lowest training loss")
 
 
-def _slice_index(stem: str) -> int:
-    return int(re.search(r"_z(\d+)$", stem).group(1))
-
-
 def prepare_mni152(root: Path, plan: Plan, commands: CommandLog) -> str:
     """MNI152 brain mask: a contiguous block of axial slices is the test set."""
     export = root.parent / "mni152_export"
     commands.run(["-m", "medistill", "sources", "--name", "mni152", "--binary", "--out", str(export)],
                  root.parent / "mni152_export.log")
-    stems = sorted(exported_stems(export), key=_slice_index)
-    first = len(stems) // 2 - plan.mni152_test_slices // 2
-    test = stems[first:first + plan.mni152_test_slices]
-    low, high = _slice_index(test[0]) - plan.mni152_gap, _slice_index(test[-1]) + plan.mni152_gap
-    outside = [s for s in stems if not low <= _slice_index(s) <= high]
+    test, outside = middle_block(exported_stems(export), plan.mni152_test_slices, plan.mni152_gap)
     train = outside[::plan.mni152_train_step]
     copy_pairs(export, train, root / "train")
     copy_pairs(export, test, root / "test")
     return (f"ICBM152 2009 T1 axial slices, binary brain mask; test = {len(test)} contiguous slices "
-            f"z{_slice_index(test[0])}–z{_slice_index(test[-1])}; the slices within {plan.mni152_gap} "
+            f"z{slice_index(test[0])}–z{slice_index(test[-1])}; the slices within {plan.mni152_gap} "
             f"of that block are unused; train = one in {plan.mni152_train_step} of the remaining slices "
             f"({len(train)} slices). The mask is grey + white matter, so the ventricles and the thin "
             "sulcal CSF are holes in it that the student fills in: they, not the outline, make "
@@ -168,8 +159,7 @@ def train_and_evaluate(dataset: str, data_root: Path, student: Student, settings
     run_dir = runs / f"{dataset}_{student.name}"
     load_before = load_average()
     train_seconds = commands.run(
-        ["-m", "medistill", "train", "--data", str(data_root), "--student", student.name,
-         "--student-options", json.dumps(student.options), *settings.arguments(), "--seed", "0",
+        ["-m", "medistill", "train", "--data", str(data_root), *student.arguments(), *settings.arguments(), "--seed", "0",
          "--out", str(run_dir), "--overwrite"], runs / f"{run_dir.name}_train.log")
     vis_dir = run_dir / "eval"
     eval_seconds = commands.run(

@@ -304,6 +304,16 @@ def slice_index(stem: str) -> int:
     return int(match.group(1))
 
 
+def middle_block(stems: Sequence[str], n: int, gap: int) -> tuple[list[str], list[str]]:
+    """A volume's held-out block and the rest: the ``n`` contiguous slices in the middle of
+    ``stems`` (slice stems, any order) and, sorted by slice, the slices more than ``gap`` away from it."""
+    stems = sorted(stems, key=slice_index)
+    first = len(stems) // 2 - n // 2
+    block = stems[first:first + n]
+    low, high = slice_index(block[0]) - gap, slice_index(block[-1]) + gap
+    return block, [s for s in stems if not low <= slice_index(s) <= high]
+
+
 def mean_std(summary: dict, digits: int) -> str:
     """``mean ± std (n = N)`` of one metric of a ``predict_eval.py`` summary (``–`` when undefined)."""
     mean, std, n = summary.get("mean"), summary.get("std"), summary.get("n", 0)

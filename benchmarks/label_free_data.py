@@ -13,7 +13,7 @@ import math
 import shutil
 from pathlib import Path
 
-from common import copy_pairs, evenly, exported_stems, slice_index
+from common import copy_pairs, evenly, exported_stems, middle_block, slice_index
 from json_records import read_json, write_json
 from label_free_plan import Plan
 
@@ -48,12 +48,8 @@ def prepare_nuclei(root: Path, plan: Plan) -> str:
 
 
 def _volume_split(root: Path, export: Path, plan: Plan, gap: int | None = None) -> tuple[list[str], list[str]]:
-    stems = sorted(exported_stems(export), key=slice_index)
-    first = len(stems) // 2 - plan.test // 2
-    test = stems[first:first + plan.test]
-    gap = plan.volume_gap if gap is None else gap
-    low, high = slice_index(test[0]) - gap, slice_index(test[-1]) + gap
-    distill = evenly([s for s in stems if not low <= slice_index(s) <= high], plan.distill)
+    test, outside = middle_block(exported_stems(export), plan.test, plan.volume_gap if gap is None else gap)
+    distill = evenly(outside, plan.distill)
     copy_pairs(export, distill, root / "distill")
     copy_pairs(export, test, root / "test")
     return distill, test

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import CommandLog, copy_pairs, evenly, exported_stems, load_average, slice_index
-from json_records import read_json
+from common import CommandLog, copy_pairs, evenly, exported_stems, load_average, middle_block, slice_index
+from json_records import read_json, write_json
 from meddistill_plan import TEACHER, DataSettings, Plan, Variant
 
 
@@ -52,7 +52,7 @@ class ResumableLog(CommandLog):
         self._reused_here.add(shown)
         self.last_load = f"{before:.2f} → {load_average():.2f}"
         done[shown] = {"seconds": seconds, "load": self.last_load}
-        record.write_text(json.dumps(done, indent=1), encoding="utf-8")
+        write_json(record, done)
         return seconds
 
 
@@ -92,11 +92,7 @@ def prepare_colin27(root: Path, counts: dict, commands: CommandLog) -> str:
     export = root / "export"
     commands.run(["-m", "medistill", "sources", "--name", "colin27", "--out", str(export), "--overwrite"],
                  root / "logs" / "colin27_export.log")
-    stems = sorted(exported_stems(export), key=slice_index)
-    first = len(stems) // 2 - counts["test"] // 2
-    test = stems[first:first + counts["test"]]
-    low, high = slice_index(test[0]) - counts["gap"], slice_index(test[-1]) + counts["gap"]
-    outside = [s for s in stems if not low <= slice_index(s) <= high]
+    test, outside = middle_block(exported_stems(export), counts["test"], counts["gap"])
     distill = evenly(outside[0::2], counts["distill"])
     detector = evenly(outside[1::2], counts["detector"])
     detector_val = detector[::6]

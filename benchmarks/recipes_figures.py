@@ -3,7 +3,8 @@
 ``draw_curves`` reads each run's ``history.csv`` (epoch, val_dice) and draws one panel per data
 set: every method's mean over seeds, the baseline's seeds as thin lines, so one can see
 whether the baseline had flattened at the chosen number of epochs. ``acceptance_lines``
-says, per data set and recipe, whether the mean test Dice over seeds beats the baseline's.
+says, per data set and recipe, whether the mean test Dice over seeds beats the baseline's (no
+verdict where either side has a single run: one run is not a distribution).
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def acceptance_lines(dice: dict[tuple[str, str], list[float]], datasets: Sequenc
             values = dice.get((dataset, recipe), [])
             if values:
                 delta = statistics.mean(values) - statistics.mean(base)
-                verdict = "beats" if round(delta, 3) > 0 else "does not beat"
+                verdict = ("no verdict from one run" if min(len(values), len(base)) < 2
+                           else "beats" if round(delta, 3) > 0 else "does not beat")
                 cells.append(f"{recipe} {delta:+.3f} ({verdict}, n = {len(values)})")
         lines.append(f"- **{dataset}** (baseline {statistics.mean(base):.3f}, n = {len(base)}): " + "; ".join(cells))
     return lines

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import CommandLog, load_average
-from recipes_plan import BASELINE, TEACHER, VARIANTS, Network, Plan
+from recipes_plan import BASELINE, TEACHER, VARIANTS, Plan
 
 # ---------------------------------------------------------------------------
 # Jobs: one training command (+ its evaluation) each
@@ -53,10 +53,6 @@ class Outcome:
         return self.eval_summary.get("metrics", {}).get("dice", {}).get("mean")
 
 
-def _network_arguments(flag: str, network: Network) -> list[str]:
-    return [f"--{flag}", network.name, f"--{flag}-options", json.dumps(network.options)]
-
-
 def build_jobs(work: Path, plan: Plan, datasets: Sequence[str], methods: Sequence[str]) -> list[Job]:
     """Every data set's teacher, then every (seed, data set, method), then the variants the same way.
     Runs start in this order (a run waiting for its teacher lets the next ones start), so a time
@@ -66,7 +62,7 @@ def build_jobs(work: Path, plan: Plan, datasets: Sequence[str], methods: Sequenc
     for dataset in datasets:
         settings = plan.settings[dataset]
         jobs.append(Job(dataset, TEACHER, first_seed, work / "runs" / f"{dataset}_teacher", (
-            "-m", "medistill", "train", "--data", str(work / dataset), *_network_arguments("student", plan.teacher),
+            "-m", "medistill", "train", "--data", str(work / dataset), *plan.teacher.arguments(),
             *settings.arguments(settings.teacher_epochs), "--seed", str(first_seed),
             "--out", str(work / "runs" / f"{dataset}_teacher"))))
     for variants in (False, True):
@@ -79,7 +75,7 @@ def method_job(work: Path, plan: Plan, dataset: str, method: str, seed: int) -> 
     """The run of ``method`` (BASELINE or a recipe) on ``dataset`` with ``seed``."""
     settings = plan.settings[dataset]
     run_dir = work / "runs" / f"{dataset}_{method}_s{seed}"
-    common = ["--data", str(work / dataset), *_network_arguments("student", plan.student),
+    common = ["--data", str(work / dataset), *plan.student.arguments(),
               *settings.arguments(settings.epochs), "--seed", str(seed), "--out", str(run_dir)]
     if method == BASELINE:
         return Job(dataset, method, seed, run_dir, ("-m", "medistill", "train", *common))

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import CommandLog, copy_pairs, exported_stems, slice_index
+from common import CommandLog, copy_pairs, exported_stems, middle_block, slice_index
 from student_spec import Student as Network
 
 SECTION_KEY = "recipes"
@@ -108,11 +108,8 @@ def prepare_mni152(root: Path, plan: Plan, commands: CommandLog) -> str:
     export = root.parent / "mni152_labels_export"
     commands.run(["-m", "medistill", "sources", "--name", "mni152", "--out", str(export), "--overwrite"],
                  root.parent / "mni152_labels_export.log")
-    stems = sorted(exported_stems(export), key=slice_index)
-    first = len(stems) // 2 - plan.mni152_test_slices // 2
-    test = stems[first:first + plan.mni152_test_slices]
-    low, high = slice_index(test[0]) - plan.mni152_gap, slice_index(test[-1]) + plan.mni152_gap
-    train = [s for s in stems if not low <= slice_index(s) <= high][::plan.mni152_train_step]
+    test, outside = middle_block(exported_stems(export), plan.mni152_test_slices, plan.mni152_gap)
+    train = outside[::plan.mni152_train_step]
     copy_pairs(export, train, root / "train")
     copy_pairs(export, test, root / "test")
     return (f"ICBM152 2009 T1 axial slices (233×197 px) with the exported label map 0 background / "

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import CommandLog, Timing, markdown_table, time_runs
+from figures import finite, mean_sd
 from recipes_figures import acceptance_lines, flattening, validation_curve
 from recipes_jobs import Outcome
 from recipes_plan import BASELINE, CURVES_PNG, METHODS, SIKD_TEACHER, TEACHER, Plan
@@ -73,11 +74,9 @@ def _seed_figures(runs: Sequence[Outcome]) -> list[float]:
 
 
 def _mean_over_seeds(values: Sequence[float]) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.3f} (1 run)"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (n = {len(values)})"
+    """:func:`figures.mean_sd` with the number of runs: ``0.812 (1 run)``, ``0.812 ± 0.010 (n = 3)``."""
+    n = sum(finite(v) for v in values)
+    return mean_sd(values) + ("" if n == 0 else " (1 run)" if n == 1 else f" (n = {n})")
 
 
 def _class_dice(runs: Sequence[Outcome]) -> str:
@@ -213,7 +212,7 @@ def method_notes(descriptions: dict[str, str], plan: Plan, commands: CommandLog,
              for o in outcomes.values() if o.job.method == BASELINE and not o.error]
     if gains:
         lines += ["", "Baseline flattening (validation Dice: best of the last 5 epochs − the epoch before "
-                  "them): " + "; ".join(gains) + f". Curves of every run: `benchmarks/{CURVES_PNG.name}`."]
+                  "them): " + "; ".join(gains) + f". Curves of every run: `{CURVES_PNG.name}`, beside this file."]
     resumed = sorted(o.job.name for o in outcomes.values() if o.resumed)
     if resumed:
         lines += ["", "Resumed runs (interrupted once, then continued from their last epoch checkpoint by the "
