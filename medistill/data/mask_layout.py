@@ -127,7 +127,7 @@ class MaskPattern:
                 for stem, parts in by_stem.items()}
 
 
-def merge_mask_parts(parts: Sequence[MaskPart], max_label: int | None = None) -> np.ndarray:
+def merge_mask_parts(parts: Sequence[MaskPart]) -> np.ndarray:
     """The label map of an image's mask parts, by the module's merge rule (``int32 (H, W)``)."""
     if not parts:
         raise DataError("no mask files to merge")

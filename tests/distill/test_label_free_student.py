@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -285,3 +286,25 @@ def test_the_default_terms_train_inside_tf_function_with_a_feature_teacher(phant
     history = pd.read_csv(run / "history.csv")
     assert {"bce", "dice", "proj", "outside", "feat", "w_feat"} <= set(history.columns)
     assert np.isfinite(history[["bce", "dice", "proj", "outside", "feat"]].to_numpy()).all()
+
+
+def test_the_teacher_runs_as_the_config_says_not_as_the_process_default(phantoms, tmp_path):
+    """The cache's teacher is built with config.teacher_runtime: a non-default runtime reaches
+    it (GrabCut refuses one), and the process-wide runtime is neither used nor changed."""
+    from medistill.errors import MedistillError
+    from medistill.teachers.registry import TeacherRuntime, current_runtime, use_runtime
+
+    config = MedDistillConfig(image_dir=str(phantoms["images"]), boxes=str(phantoms["boxes"]),
+                              out=str(tmp_path / "run"), teacher="grabcut", student="unet", student_options=TINY,
+                              img_size=64, epochs=1, batch=4, seed=0, keep_collapsed=True,
+                              teacher_runtime={"resize": "bilinear"})
+    with pytest.raises(MedistillError, match="runs only as it is"):
+        train_meddistill(config)
+    assert current_runtime() == TeacherRuntime()
+    use_runtime(TeacherRuntime(resize="bilinear"))  # a process default the run must ignore
+    try:
+        run = train_meddistill(dataclasses.replace(config, out=str(tmp_path / "run2"),
+                                                   teacher_runtime=TeacherRuntime().to_dict()))
+        assert (run / "student.keras").is_file()
+    finally:
+        use_runtime(TeacherRuntime())

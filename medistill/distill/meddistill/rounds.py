@@ -305,14 +305,14 @@ def stop_reasons(score: float, previous: dict | None, agreement_previous: float 
 class _Teacher:
     """The teacher, built once and only when a cache needs it."""
 
-    def __init__(self, spec: str) -> None:
-        self.spec, self._teacher = spec, None
+    def __init__(self, spec: str, runtime: Any) -> None:
+        self.spec, self.runtime, self._teacher = spec, runtime, None
 
     def get(self):
         if self._teacher is None:
             from medistill.teachers.registry import build_teacher
 
-            self._teacher = build_teacher(self.spec)
+            self._teacher = build_teacher(self.spec, self.runtime)
         return self._teacher
 
 
@@ -489,7 +489,7 @@ def run_rounds(config: MedDistillConfig, *, rule: PromptRule | None = None, stop
     handler = logging.FileHandler(out / LOG_NAME)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("medistill").addHandler(handler)
-    teacher = _Teacher(config.teacher)
+    teacher = _Teacher(config.teacher, config.runtime())  # the runtime config.json records
     records: list[dict] = []
     try:
         k = 1

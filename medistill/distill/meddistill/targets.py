@@ -31,14 +31,16 @@ def prepare_cache(config: MedDistillConfig, session: RunSession, teacher: Any = 
     from medistill.teachers.cache import build_cache
     from medistill.teachers.registry import build_teacher
 
+    def the_teacher():  # built only where a cache is written, run as config.json records
+        return teacher or build_teacher(config.teacher, config.runtime())
+
     path = config.cache_path()
     summary: dict = {}
     if session.chief:
-        summary = build_cache(teacher or build_teacher(config.teacher), config.image_dir, config.boxes, path)
+        summary = build_cache(the_teacher(), config.image_dir, config.boxes, path)
     barrier(session.strategy)
     if not session.chief and not path.exists():
-        summary = build_cache(teacher or build_teacher(config.teacher), config.image_dir, config.boxes, path,
-                              progress=False)
+        summary = build_cache(the_teacher(), config.image_dir, config.boxes, path, progress=False)
     log.info("teacher cache %s: %s", path, summary or "built by the chief")
     return summary
 
@@ -96,7 +98,7 @@ def prepare_data(config: MedDistillConfig, session: RunSession, grid_for, teache
     if config.live_teacher:
         from medistill.teachers.registry import build_teacher
 
-        teacher = build_teacher(config.teacher)
+        teacher = build_teacher(config.teacher, config.runtime())
         info = _feature_info_live(teacher, train_entries, config.image_dir)
         grid = grid_for(info)
         train = md.load_live(teacher, config.image_dir, train_entries, pre, grid=grid, call_teacher=False)

@@ -220,18 +220,15 @@ class MedDistillTraining(TrainingMethod):
 
     def prepare(self, session: RunSession) -> int:
         """The teacher's targets (cache or live), the student (its features fix the target grid), trust."""
-        from medistill.teachers.registry import use_runtime
-
         config = self.config
         self.started = time.perf_counter()
-        use_runtime(config.runtime())  # every teacher of this run (cache, live, co-learn) runs as configured
         teacher = self.decoder = None
         if config.co_learn:  # LiteMedSAM, its variables mirrored: its mask decoder trains
             from medistill.distill.colearn import DecoderTeacher
             from medistill.teachers.registry import build_teacher
 
             with full_precision(), session.scope():
-                teacher = build_teacher(config.teacher)
+                teacher = build_teacher(config.teacher, config.runtime())  # as config.json says
                 self.decoder = DecoderTeacher(teacher.model)
         keras.utils.set_random_seed(config.seed)  # same seed, same initial weights
         with session.scope():
