@@ -53,13 +53,13 @@ def export_model(model: str | os.PathLike, fmt: str, out: str | os.PathLike | No
     if target.suffix.lower() != suffix:
         raise MedistillError(f"--out {target}: a {fmt} export is a {suffix} file; name it e.g. model{suffix}")
     written = [target] + ([target.with_suffix(".bin")] if fmt == "openvino" else [])  # IR = .xml + weights .bin
-    for path in written:
-        if path.exists() and not overwrite:
-            raise MedistillError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
     _check_card_place(target.parent / CARD_NAME, card)
     lock = acquire_lock(target.parent / f".{target.name}.lock", f"export {target}")
-    try:
-        _export(source, card, fmt, target)
+    try:  # checked under the lock: an export finished in between is not replaced either
+        for path in written:
+            if path.exists() and not overwrite:
+                raise MedistillError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
+        _export(source, card, fmt, written)
         if not (target.parent / CARD_NAME).is_file():
             write_json_atomic(target.parent / CARD_NAME, card.to_dict())
     finally:
@@ -80,9 +80,11 @@ def _check_card_place(card_path: Path, card: ModelCard) -> None:
                              "read with the wrong preprocessing. Export into another folder (--out).")
 
 
-def _export(source: Path, card: ModelCard, fmt: str, target: Path) -> None:
+def _export(source: Path, card: ModelCard, fmt: str, written: list[Path]) -> None:
+    """Export into a hidden staging folder, check against Keras, then move exactly ``written`` into place."""
     import tensorflow as tf
 
+    target = written[0]
     size, channels = card.preprocess.size, card.preprocess.channels
     model = load_keras_model(source)
     check = np.random.default_rng(0).random((_CHECK_BATCH, size, size, channels)).astype(np.float32)
@@ -102,8 +104,12 @@ def _export(source: Path, card: ModelCard, fmt: str, target: Path) -> None:
             raise CheckpointError(f"the {fmt} export of {source} disagrees with the Keras model (largest logit "
                                   f"difference {difference:.3g} > {EXPORT_TOLERANCE}); nothing was written")
         log.info("%s export checked against Keras: largest logit difference %.2g", fmt, difference)
+        staged_names = {item.name for item in staging.iterdir()}
+        if staged_names != {path.name for path in written}:  # only the files checked for --overwrite move
+            raise CheckpointError(f"the {fmt} exporter wrote {sorted(staged_names)}, not the expected "
+                                  f"{sorted(path.name for path in written)}; nothing was written")
         # The file that is loaded (model.xml for OpenVINO) moves last: once it is there, all is.
-        for item in sorted(staging.iterdir(), key=lambda p: p.name == target.name):
-            os.replace(item, target.parent / item.name)
+        for path in reversed(written):
+            os.replace(staging / path.name, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -77,12 +77,14 @@ class PredictConfig:
 def predict_folder(config: PredictConfig) -> dict[str, int]:
     """Run ``medistill predict``; returns ``{"written": …, "skipped": …}`` (input files)."""
     check_output_folder(config.out, config.inputs)
-    inputs = shard(find_inputs(config.inputs), config.part_id, config.num_parts)
-    slices = {item.path: volume_shape(item.path)[config.axis] for item in inputs if item.is_volume}
+    every_input = find_inputs(config.inputs)
     out = Path(config.out)
     settings = config.mask_settings()
+    # Every part's outputs: once one part wrote the marker, the others no longer look for strangers' files.
+    _check_marker(out, settings, every_input, config.probabilities)
+    inputs = shard(every_input, config.part_id, config.num_parts)
+    slices = {item.path: volume_shape(item.path)[config.axis] for item in inputs if item.is_volume}
     predictor = open_predictor(config.model, config.backend)
-    _check_marker(out, settings, inputs, config.probabilities)
     lock = acquire_lock(out / f".medistill-predict-part-{config.part_id}-of-{config.num_parts}.lock",
                         f"output folder {out}")
     try:

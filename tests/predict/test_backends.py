@@ -27,6 +27,7 @@ from medistill.predict.exporter import export_model
 PARITY_ATOL = 1e-4
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = [fmt.backend for fmt in FORMATS.values()]
+FORMATS_BY_BACKEND = {fmt.backend: fmt for fmt in FORMATS.values()}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,8 @@ def test_each_backend_gives_the_keras_probabilities_on_real_images(exported_run,
     images = [t.image[..., None].astype(np.float32) for t in nuclei_tiles[-8:]]
     keras_probs = predict_probabilities(load_predictor(exported_run), images, batch=3)
     runtime = open_predictor(exported_run, backend)
-    assert runtime.source.parent == exported_run / "exports"
+    assert runtime.source == exported_run / "exports" / FORMATS_BY_BACKEND[backend].file_name
+    assert type(runtime._forward).__module__ == "medistill.predict.backends"  # the runtime, not a Keras model
     for expected, got in zip(keras_probs, predict_probabilities(runtime, images, batch=3)):
         np.testing.assert_allclose(got, expected, atol=PARITY_ATOL)
         sure = np.abs(expected - 0.5) > PARITY_ATOL

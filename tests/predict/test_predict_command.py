@@ -94,13 +94,21 @@ def test_outputs_never_land_among_inputs_nor_replace_a_strangers_file(trained_ru
     assert "inside the input folder" in capsys.readouterr().err and not (image_folder / "masks").exists()
     assert _predict("--model", trained_run, "-i", image_folder / next(image_folder.iterdir()).name,
                     "-o", image_folder) == 2
+    assert "is the input folder" in capsys.readouterr().err
+    assert _predict("--model", trained_run, "-i", image_folder, "-o", tmp_path) == 2
+    assert "contains the input folder" in capsys.readouterr().err
     out = tmp_path / "out"
     out.mkdir()
     stranger = out / f"{sorted(image_folder.iterdir())[2].stem}.png"
     stranger.write_bytes(b"someone else's")
     assert _predict("--model", trained_run, "-i", image_folder, "-o", out) == 2
     assert "did not write it" in capsys.readouterr().err
+    # the stranger's file is part 0's output; part 1, started first, refuses too (else part 0 would find
+    # part 1's marker, no longer look for strangers, and take the file for its mask)
+    assert _predict("--model", trained_run, "-i", image_folder, "-o", out, "--part-id", 1, "--num-parts", 2) == 2
+    assert "did not write it" in capsys.readouterr().err
     assert stranger.read_bytes() == b"someone else's" and sorted(out.iterdir()) == [stranger]
+    assert sorted(p.name for p in image_folder.iterdir()) == sorted(p.name for p in image_folder.glob("*.png"))
 
 
 def test_resuming_with_other_settings_is_refused(trained_run, image_folder, tmp_path, capsys):
