@@ -101,9 +101,11 @@ def _worker(args: argparse.Namespace, index: int, count: int, messages: Any) -> 
 
 def _export_once(args: argparse.Namespace) -> None:
     """Build the teacher once here when its backend needs an export, so the workers find it made."""
+    from medistill.teachers.litemedsam.backends import DEFAULT_BACKEND
     from medistill.teachers.registry import build_teacher
 
-    if args.teacher.partition(":")[0] == "litemedsam" and args.teacher_backend not in ("keras",):
+    backend = DEFAULT_BACKEND if args.teacher_backend == "auto" else args.teacher_backend
+    if args.teacher.partition(":")[0] == "litemedsam" and backend != "keras":  # Keras has nothing to export
         use_runtime_from_args(args)
         build_teacher(args.teacher)
 
@@ -114,7 +116,6 @@ def teach_with_workers(args: argparse.Namespace) -> dict:
 
     from medistill.boxes.boxes_file import read_boxes
     from medistill.teachers.cache_merge import merge_shards
-
 
     count, start = int(args.workers), time.perf_counter()
     if os.path.exists(args.out) and not args.overwrite:

@@ -77,12 +77,12 @@ def provenance(teacher: Teacher, boxes_path: str | os.PathLike, class_names: lis
                quality: QualitySettings | None = None, shard: Shard | None = None) -> dict[str, str]:
     """The root attributes that identify a cache (``shard``: which part of the boxes file it holds)."""
     quality = quality or QualitySettings()
-    return {"shard": shard.text if shard else "","format": FORMAT, "version": str(VERSION), "teacher": teacher.name,
-            "weights_hash": teacher.weights_hash, "precision": teacher.precision,
-            "backend": teacher.backend,
+    return {"format": FORMAT, "version": str(VERSION), "teacher": teacher.name,
+            "weights_hash": teacher.weights_hash, "precision": teacher.precision, "backend": teacher.backend,
             "preprocessing": json.dumps(teacher.preprocessing, sort_keys=True),
             "boxes_file": str(Path(boxes_path).resolve()), "boxes_sha256": file_sha256(boxes_path),
-            "class_names": json.dumps(list(class_names)), "quality": quality.to_json()}
+            "class_names": json.dumps(list(class_names)), "quality": quality.to_json(),
+            "shard": shard.text if shard else ""}
 
 
 # "backend" is recorded, not checked: every fp32 backend passed parity with Keras, so a
@@ -267,6 +267,12 @@ def _open_hdf5(path: Path, mode: str) -> h5py.File:
 
 def _remove_cache(out_path: Path) -> None:
     """Delete ``out_path`` only when it is a medistill teacher cache (``overwrite``)."""
+    check_replaceable(out_path)
+    out_path.unlink()
+
+
+def check_replaceable(out_path: Path) -> None:
+    """Raise unless ``out_path`` is a medistill teacher cache (the only thing ``--overwrite`` replaces)."""
     if not out_path.is_file():
         raise MedistillError(f"{out_path} is not a file; refusing to overwrite it, choose another --out")
     with _open_hdf5(out_path, "r") as handle:
@@ -274,7 +280,6 @@ def _remove_cache(out_path: Path) -> None:
     if found != FORMAT:
         raise MedistillError(f"{out_path} is not a medistill teacher cache (format attribute {found!r}); "
                              "--overwrite only replaces teacher caches, so it was left alone: choose another --out")
-    out_path.unlink()
 
 
 def _open(out_path: Path, wanted: dict[str, str], overwrite: bool) -> h5py.File:

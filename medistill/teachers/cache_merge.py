@@ -57,15 +57,16 @@ def merge_shards(out_path: str | os.PathLike, count: int, boxes_path: str | os.P
     if absent:
         raise MedistillError(f"cannot merge: shard cache(s) {', '.join(absent)} do not exist; build them with "
                              f"`medistill teach --shard I/{count} --out {out_path}` (or --workers {count})")
-    if out_path.exists() and not overwrite:
-        raise MedistillError(f"{out_path} exists; use --overwrite to replace it with the merged shards "
-                             "(only a teacher cache is replaced), or another --out")
     with cache_lock(out_path), CacheReader(paths) as reader:
-        stems = _check_complete(reader, paths, boxes_path)
-        if out_path.exists():
-            from medistill.teachers.cache import _remove_cache
+        if out_path.exists():  # looked at under the lock: another writer may have made it meanwhile
+            from medistill.teachers.cache import check_replaceable
 
-            _remove_cache(out_path)  # refuses anything that is not a teacher cache
+            if not overwrite:
+                raise MedistillError(f"{out_path} exists; use --overwrite to replace it with the merged shards "
+                                     "(only a teacher cache is replaced), or another --out")
+            check_replaceable(out_path)  # refuses anything that is not a teacher cache
+        stems = _check_complete(reader, paths, boxes_path)
+        # The old cache (--overwrite) stays until the merged file replaces it whole.
         with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as merged:
             merged.attrs.update({key: value for key, value in reader.attrs.items() if value is not None})
             merged.attrs["shard"] = ""

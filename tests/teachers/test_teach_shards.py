@@ -12,22 +12,17 @@ import h5py
 import numpy as np
 import pytest
 
-from medistill.boxes.boxes_file import write_boxes
-from medistill.boxes.oracle import boxes_from_masks
-from medistill.data.phantoms import generate_phantoms
 from medistill.errors import MedistillError
 from medistill.teachers.cache import CacheReader, build_cache
+from medistill.teachers.cache_merge import merge_shards
 from medistill.teachers.grabcut import GrabCutTeacher
 from medistill.teachers.pipeline import run_pipeline
 from medistill.teachers.shards import parse_shard, shard_path, shard_paths
 
 
 @pytest.fixture()
-def data(tmp_path):
-    generate_phantoms(tmp_path / "ph", n=7, size=48, seed=3)
-    boxes = boxes_from_masks(tmp_path / "ph" / "masks", tmp_path / "ph" / "images")
-    write_boxes(tmp_path / "boxes.json", boxes)
-    return tmp_path / "ph" / "images", tmp_path / "boxes.json", boxes
+def data(phantom_set):
+    return phantom_set(n=7, size=48, seed=3)
 
 
 def _teach(image_dir, boxes_path, out, *extra):
@@ -87,6 +82,22 @@ def test_merge_refuses_incomplete_or_mixed_shards(data, tmp_path):
     with pytest.raises(MedistillError, match="two of the shards"):
         CacheReader([shard_path(out, parse_shard("0/2"))] * 2)
     assert not out.exists()
+    assert _teach(image_dir, boxes_path, out, "--shard", "1/2", "--overwrite") == 0
+    second = shard_path(out, parse_shard("1/2"))
+    with h5py.File(second, "a") as f:  # one image of shard 1 unfinished (a killed run)
+        f["images"][boxes.images[3].stem].attrs["done"] = False
+    with pytest.raises(MedistillError, match=rf"{second.name}: 1 of its 3 image\(s\) are not finished"):
+        merge_shards(out, 2, boxes_path)
+    assert not out.exists()
+    with h5py.File(second, "a") as f:
+        f["images"][boxes.images[3].stem].attrs["done"] = True
+    out.write_bytes(b"not a cache")  # what --merge did not write stays, --overwrite or not
+    assert _teach(image_dir, boxes_path, out, "--merge") == 2
+    assert _teach(image_dir, boxes_path, out, "--merge", "--overwrite") == 2
+    assert out.read_bytes() == b"not a cache"
+    out.unlink()
+    assert _teach(image_dir, boxes_path, out, "--merge") == 0
+    assert _fused(out).keys() == {e.stem for e in boxes.images}
     for bad in ("2/2", "x", "1/0"):
         with pytest.raises(MedistillError, match="--shard"):
             parse_shard(bad)
@@ -150,6 +161,16 @@ def test_pipeline_keeps_order_overlaps_and_stops_on_errors():
     with pytest.raises(MedistillError, match="image 5"):
         run_pipeline(range(8), bad_read, compute, write, batch=2)
     assert written == [0, 10, 20, 30, 40]  # everything before the bad image was written
+
+    def bad_compute(batch):
+        if 6 in batch:
+            raise MedistillError("the model failed on image 6")
+        return compute(batch)
+
+    written.clear()
+    with pytest.raises(MedistillError, match="image 6"):
+        run_pipeline(range(8), read, bad_compute, write, batch=2)
+    assert written == [0, 10, 20, 30, 40, 50]  # the batches computed before the failure were written
 
     def bad_write(value):
         raise OSError("disk full")

@@ -69,6 +69,12 @@ def _compare(outputs, reference, nuclei, tolerance) -> None:
         assert _dice(out.fused() > 0.5, truth) > 0.5  # it does segment the nuclei
 
 
+def _runner_class(backend: str) -> type:
+    from medistill.teachers.litemedsam import backends
+
+    return {"onnxruntime": backends.OnnxRuntimeRunner, "openvino": backends.OpenVinoRunner}[backend]
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_backend_matches_keras(backend, nuclei, keras_outputs):
     from medistill.teachers.registry import TeacherRuntime, build_teacher
@@ -77,6 +83,7 @@ def test_backend_matches_keras(backend, nuclei, keras_outputs):
     _, reference = keras_outputs
     teacher = build_teacher("litemedsam", TeacherRuntime(backend=backend, encode_batch=2))
     assert teacher.backend == backend and teacher.encode_batch == 2
+    assert isinstance(teacher.runner, _runner_class(backend))  # runs there, not in Keras under that name
     prepared = [teacher.prepare(image, boxes) for image, _, boxes in nuclei]
     outputs = teacher.predict_prepared(prepared)  # both images through the encoder as one batch
     _compare(outputs, reference, nuclei, FP32)
@@ -92,6 +99,7 @@ def test_openvino_bf16_within_its_tolerance(nuclei, keras_outputs):
     pytest.importorskip("openvino")
     _, reference = keras_outputs
     teacher = build_teacher("litemedsam", TeacherRuntime(backend="openvino", precision="bf16"))
+    assert isinstance(teacher.runner, _runner_class("openvino"))
     _compare([teacher.predict(image, boxes) for image, _, boxes in nuclei], reference, nuclei, BF16)
 
 
@@ -125,3 +133,28 @@ def test_runtime_options_are_checked():
     with pytest.raises(MedistillError, match="--teacher-backend 'tensorrt'"):
         TeacherRuntime(backend="tensorrt")
     assert build_teacher("grabcut", TeacherRuntime(backend="keras")).name == "grabcut"
+
+
+def test_a_folder_medistill_did_not_export_is_kept(tmp_path, monkeypatch):
+    """ensure_export replaces only its own stale exports; a foreign folder in the way is moved aside, kept."""
+    from medistill.teachers.litemedsam import backends
+
+    def fake_export(model, backend, folder, digest):
+        files = backends._FILES[backend]
+        for name in files:
+            (folder / name).write_text(f"{name} of {digest}")
+        (folder / "manifest.json").write_text(json.dumps({
+            "format": backends.EXPORT_FORMAT, "version": backends.EXPORT_VERSION, "weights_sha256": digest,
+            "files": {name: backends.file_sha256(folder / name) for name in files}}))
+
+    monkeypatch.setattr(backends, "_export", fake_export)
+    exports = tmp_path / "exports"
+    (exports / "onnxruntime").mkdir(parents=True)
+    (exports / "onnxruntime" / "notes.txt").write_text("mine")
+    final = backends.ensure_export(None, tmp_path, "w1", "onnxruntime")
+    assert final == exports / "onnxruntime" and backends._stale_reason(final, "onnxruntime", "w1") is None
+    kept = [p for p in exports.iterdir() if p != final]
+    assert len(kept) == 1 and (kept[0] / "onnxruntime" / "notes.txt").read_text() == "mine"
+    backends.ensure_export(None, tmp_path, "w2", "onnxruntime")  # other weights: its own old export goes
+    assert sorted(exports.iterdir()) == sorted([final, kept[0]])
+    assert json.loads((final / "manifest.json").read_text())["weights_sha256"] == "w2"

@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 
 from medistill.boxes.boxes_file import write_boxes
-from medistill.boxes.oracle import boxes_from_masks
-from medistill.data.phantoms import generate_phantoms
 from medistill.errors import MedistillError
 from medistill.fileio import file_sha256
 from medistill.teachers.cache import build_cache
@@ -26,11 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
-def data(tmp_path):
-    generate_phantoms(tmp_path / "ph", n=12, size=64, seed=1)
-    boxes = boxes_from_masks(tmp_path / "ph" / "masks", tmp_path / "ph" / "images")
-    write_boxes(tmp_path / "boxes.json", boxes)
-    return tmp_path / "ph" / "images", tmp_path / "boxes.json", boxes
+def data(phantom_set):
+    return phantom_set(n=12, size=64, seed=1)
 
 
 def test_cache_contents(data, tmp_path):

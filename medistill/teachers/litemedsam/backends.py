@@ -163,6 +163,30 @@ def _stale_reason(folder: Path, backend: str, weights_sha256: str) -> str | None
     return None
 
 
+def _made_by_medistill(folder: Path) -> bool:
+    """Whether ``folder`` holds a medistill export (current or not): its manifest says so."""
+    try:
+        return json.loads((folder / "manifest.json").read_text()).get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _move_aside(final: Path, backend: str) -> None:
+    """Move the stale folder ``final`` out of the way (atomically): a medistill export is deleted,
+    anything else is kept beside it as ``<backend>.replaced-*/<backend>`` (never deleted)."""
+    ours = _made_by_medistill(final)
+    aside = Path(tempfile.mkdtemp(prefix=f".stale-{backend}-" if ours else f"{backend}.replaced-",
+                                  dir=final.parent))
+    try:
+        os.replace(final, aside / backend)
+    except FileNotFoundError:  # another process moved it first
+        pass
+    if ours or not (aside / backend).exists():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        LOG.warning("teacher: %s was not a medistill export; it is kept as %s", final, aside / backend)
+
+
 def ensure_export(model: Any, weights_folder: str | os.PathLike, weights_sha256: str, backend: str) -> Path:
     """The folder of a current export of ``model`` for ``backend``, exporting it when needed."""
     final = Path(weights_folder) / "exports" / backend
@@ -178,12 +202,7 @@ def ensure_export(model: Any, weights_folder: str | os.PathLike, weights_sha256:
     try:
         _export(model, backend, work, weights_sha256)
         if final.exists() and _stale_reason(final, backend, weights_sha256) is not None:
-            aside = Path(tempfile.mkdtemp(prefix=f".stale-{backend}-", dir=final.parent))
-            try:
-                os.replace(final, aside / "export")  # atomic; only a stale export is moved away
-            except FileNotFoundError:
-                pass
-            shutil.rmtree(aside, ignore_errors=True)
+            _move_aside(final, backend)
         try:
             os.rename(work, final)  # fails when another process put a (current) export there first
         except OSError:
