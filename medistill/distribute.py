@@ -10,26 +10,80 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from pathlib import Path
 
 import tensorflow as tf
 
 from medistill.errors import MedistillError
 
 
-def chief_by_tf_config() -> bool:
-    """Whether this process is the chief, read from ``TF_CONFIG`` (before any strategy exists)."""
+def _tf_config() -> dict:
+    """``TF_CONFIG`` as a dict (empty when unset)."""
     raw = os.environ.get("TF_CONFIG")
     if not raw:
-        return True
+        return {}
     try:
         spec = json.loads(raw)
     except json.JSONDecodeError as error:
         raise MedistillError(f"TF_CONFIG is not valid JSON: {error}") from error
+    if not isinstance(spec, dict):
+        raise MedistillError("TF_CONFIG must be a JSON object with 'cluster' and 'task'")
+    return spec
+
+
+def chief_by_tf_config() -> bool:
+    """Whether this process is the chief, read from ``TF_CONFIG`` (before any strategy exists)."""
+    spec = _tf_config()
+    if not spec:
+        return True
     task = spec.get("task", {})
     kind, index = task.get("type"), int(task.get("index", 0))
     if kind == "chief":
         return True
     return kind in (None, "worker") and index == 0 and "chief" not in spec.get("cluster", {})
+
+
+def task_names() -> tuple[str, list[str]]:
+    """This process's task and every task of the cluster, as ``"worker-1"`` names (``TF_CONFIG``)."""
+    spec = _tf_config()
+    task = spec.get("task", {})
+    own = f"{task.get('type', 'worker')}-{int(task.get('index', 0))}"
+    cluster = spec.get("cluster", {})
+    return own, [f"{kind}-{index}" for kind in ("chief", "worker") for index in range(len(cluster.get(kind, [])))]
+
+
+def forget_arrival(folder: Path, name: str) -> None:
+    """Remove this task's marker of an earlier :func:`file_barrier` ``name`` (an interrupted run's).
+
+    Call it before the work the barrier ends; the other workers cannot finish that work
+    (it needs this one) before this call, so no one mistakes the old marker for a new one.
+    """
+    own, _ = task_names()
+    (Path(folder) / f".{name}-{own}").unlink(missing_ok=True)
+
+
+def file_barrier(folder: Path, name: str, timeout_s: float = 900.0, poll_s: float = 0.2) -> None:
+    """Wait until every worker of ``TF_CONFIG`` has reached this barrier (a no-op on one worker).
+
+    Each worker writes ``folder/.NAME-TASK`` and waits for everyone's. It serves where no
+    strategy can: between the teacher's child processes and the parents' own strategies,
+    which must not open their servers while another worker's child still holds the
+    cluster's ports. ``folder`` must be on the file system the workers share (the run folder).
+    """
+    if worker_count() <= 1:
+        return
+    own, everyone = task_names()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f".{name}-{own}").write_text(str(os.getpid()))
+    deadline = time.monotonic() + timeout_s
+    while missing := [task for task in everyone if not (folder / f".{name}-{task}").exists()]:
+        if time.monotonic() > deadline:
+            raise MedistillError(
+                f"waited {timeout_s:.0f} s in {folder} for {', '.join(missing)} to finish '{name}'; "
+                "check that worker's log (did it fail, or is --out not on a file system every worker shares?)")
+        time.sleep(poll_s)
 
 
 def configure_cpu_replicas(replicas: int) -> None:
@@ -50,14 +104,8 @@ def configure_cpu_replicas(replicas: int) -> None:
 
 def worker_count() -> int:
     """Number of workers named by ``TF_CONFIG`` (1 when it is absent)."""
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        return 1
-    try:
-        cluster = json.loads(raw).get("cluster", {})
-    except json.JSONDecodeError as error:
-        raise MedistillError(f"TF_CONFIG is not valid JSON: {error}") from error
-    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+    cluster = _tf_config().get("cluster", {})
+    return max(1, len(cluster.get("worker", [])) + len(cluster.get("chief", [])))
 
 
 def choose_strategy(cpu_replicas: int = 1) -> tf.distribute.Strategy:

@@ -17,6 +17,7 @@ import json  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -44,29 +45,47 @@ def run_workers(tmp_path):
     """
     weights_dir = tmp_path / "worker_weights"
 
-    def run(argv: list[str], workers: int = 2, timeout: int = 600,
+    def run(argv: list[str], workers: int = 2, timeout: int = 420,
             env: dict | None = None) -> list[subprocess.CompletedProcess]:
         addresses = [f"localhost:{port}" for port in _free_ports(workers)]
-        processes = []
+        logs = tmp_path / "worker_logs"
+        logs.mkdir(exist_ok=True)
+        processes, outputs = [], []
         for index in range(workers):
             worker_env = {**os.environ, **(env or {}),
                           "TF_CONFIG": json.dumps({"cluster": {"worker": addresses},
                                                    "task": {"type": "worker", "index": index}}),
                           "MEDISTILL_WORKER_WEIGHTS_DIR": str(weights_dir)}
+            out, err = (open(logs / f"worker-{index}.{kind}", "w+") for kind in ("out", "err"))
+            outputs.append((out, err))
             processes.append(subprocess.Popen(
                 [sys.executable, "-m", "medistill", *argv], cwd=REPO_ROOT, env=worker_env,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        results = []
+                stdout=out, stderr=err, text=True))
+        deadline = time.monotonic() + timeout
         try:
-            for process in processes:
-                out, err = process.communicate(timeout=timeout)
-                results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+            # A worker that fails leaves the others waiting in a collective: stop them all then.
+            while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+                if any(p.poll() not in (None, 0) for p in processes):
+                    break
+                time.sleep(0.5)
         finally:
             for process in processes:
                 if process.poll() is None:
                     process.kill()
-        for index, result in enumerate(results):
-            assert result.returncode == 0, f"worker {index} failed:\n{result.stderr[-4000:]}"
+                process.wait()
+        results = []
+        for process, (out, err) in zip(processes, outputs):
+            texts = []
+            for handle in (out, err):
+                handle.seek(0)
+                texts.append(handle.read())
+                handle.close()
+            results.append(subprocess.CompletedProcess(process.args, process.returncode, *texts))
+        if any(r.returncode != 0 for r in results):
+            timed_out = time.monotonic() >= deadline
+            report = "\n".join(f"--- worker {i} (exit status {r.returncode}), end of its stderr:\n{r.stderr[-3000:]}"
+                               for i, r in enumerate(results))
+            pytest.fail(f"{'timed out after %d s' % timeout if timed_out else 'a worker failed'}:\n{report}")
         return results
 
     run.weights_dir = weights_dir

@@ -58,9 +58,11 @@ def distill(config: DistillConfig) -> Path:
     recipe_cls.resolve_options(config.recipe_options)  # fail before any training
     teacher_path: str | Path | None = config.teacher_model
     if config.train_teacher:
-        check_run_folder(config.out, DistillConfig, config.overwrite)
+        chief = _chief_by_tf_config()  # the chief alone checks, writes and locks RUN
+        if chief:
+            check_run_folder(config.out, DistillConfig, config.overwrite)
         _samples(config)  # bad data is refused before RUN is claimed (nothing written)
-        if _chief_by_tf_config():
+        if chief:
             prepare_run_folder(config, DistillConfig)  # claims (locks) RUN, or refuses it, first
         config = dataclasses.replace(config, overwrite=False)  # RUN/teacher must survive
         try:

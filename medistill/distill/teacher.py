@@ -30,6 +30,7 @@ from pathlib import Path
 
 import keras
 
+from medistill.distribute import file_barrier, forget_arrival
 from medistill.train.session import WORKER_WEIGHTS_ENV
 from medistill.errors import CheckpointError, MedistillError
 from medistill.export import KERAS_NAMES
@@ -37,6 +38,7 @@ from medistill.export import KERAS_NAMES
 log = logging.getLogger("medistill.distill")
 
 TEACHER_FOLDER = "teacher"
+CHILDREN_EXITED = "teacher-children-exited"  # the file barrier after the teacher's child processes
 
 
 def teacher_file(path: str | Path) -> Path:
@@ -103,13 +105,16 @@ def train_teacher_in_child(config) -> Path:
     its own strategy afterwards as the first of its process: TensorFlow does not support
     a second ``MultiWorkerMirroredStrategy`` in one process (workers can hang in their
     first all-reduce). Under ``TF_CONFIG`` every worker's child joins the same cluster
-    on the same ports, which the parents have not opened yet. The child's log goes to
-    this process's standard error.
+    on the same ports, which the parents have not opened yet; a file barrier in ``RUN``
+    then holds every parent until every child has exited (a non-chief child ends while
+    the chief's still exports, and a parent that opened its port then would talk to
+    that child and hang). The child's log goes to this process's standard error.
     """
     folder = teacher_folder(config)
     if finished(folder):
         log.info("teacher: reusing the finished teacher in %s", folder)
         return folder
+    forget_arrival(Path(config.out), CHILDREN_EXITED)
     env = {key: value for key, value in os.environ.items() if key != WORKER_WEIGHTS_ENV}
     command = [sys.executable, "-m", "medistill.distill.teacher_child", json.dumps(config.to_dict())]
     if logging.getLogger("medistill").isEnabledFor(logging.DEBUG):
@@ -119,4 +124,5 @@ def train_teacher_in_child(config) -> Path:
         raise MedistillError(f"training the teacher in {folder} failed (exit status {done.returncode}; its "
                              f"messages are above and in {folder / 'train.log'}). Fix the cause and run the "
                              "same command again: the teacher resumes from its last epoch.")
+    file_barrier(Path(config.out), CHILDREN_EXITED)
     return folder

@@ -145,3 +145,6 @@ def test_two_workers_train_the_teacher_then_distil_to_identical_weights(data, tm
         np.testing.assert_array_equal(a, b)
     check_export(run, "sikd", 2, 2)
     assert (run / "teacher" / "model.keras").exists()
+    # both parents passed the barrier that waits for every teacher child to exit
+    assert {p.name for p in run.glob(".teacher-children-exited-*")} == {
+        ".teacher-children-exited-worker-0", ".teacher-children-exited-worker-1"}
