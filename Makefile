@@ -21,7 +21,8 @@ PIP_QUIET := grep -v "^WARNING: Location 'file://" || true
 
 export KERAS_HOME ?= $(CURDIR)/$(VENV)/keras-home
 export MPLCONFIGDIR ?= $(CURDIR)/$(VENV)/mpl-config
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+# TF_CPP_MIN_LOG_LEVEL is left to the entry points (medistill.console.quiet_libraries): exporting
+# 2 here would let TensorFlow print 'failed call to cuInit' in every step on a machine without a GPU.
 export MPLBACKEND ?= Agg
 
 .PHONY: venv demo demo-report test bench clean
