@@ -103,7 +103,22 @@ def test_openvino_bf16_within_its_tolerance(nuclei, keras_outputs):
     _compare([teacher.predict(image, boxes) for image, _, boxes in nuclei], reference, nuclei, BF16)
 
 
-def test_export_is_reused_and_a_stale_one_redone(tmp_path, nuclei, keras_outputs):
+def fake_export(calls: list):
+    """A stand-in for ``backends._export`` that writes named files and a valid manifest, and counts calls."""
+    from medistill.teachers.litemedsam import backends
+
+    def export(model, backend, folder, digest):
+        calls.append(backend)
+        files = backends._FILES[backend]
+        for name in files:
+            (folder / name).write_text(f"{name} of {digest}")
+        (folder / "manifest.json").write_text(json.dumps({
+            "format": backends.EXPORT_FORMAT, "version": backends.EXPORT_VERSION, "weights_sha256": digest,
+            "files": {name: backends.file_sha256(folder / name) for name in files}}))
+    return export
+
+
+def test_export_is_reused_and_a_stale_one_redone(tmp_path, nuclei, keras_outputs, monkeypatch):
     from medistill.teachers.litemedsam import backends
 
     pytest.importorskip("onnxruntime")
@@ -113,11 +128,13 @@ def test_export_is_reused_and_a_stale_one_redone(tmp_path, nuclei, keras_outputs
     weights = tmp_path / "weights"  # the real export lives next to the weights: work on a copy
     shutil.copytree(source, weights / "exports" / "onnxruntime")
     digest = json.loads((source / "manifest.json").read_text())["weights_sha256"]
-    stamp = (weights / "exports" / "onnxruntime" / "encoder.onnx").stat().st_mtime_ns
+    calls: list = []
+    monkeypatch.setattr(backends, "_export", fake_export(calls))  # a real export costs half a minute
     again = backends.ensure_export(teacher.model, weights, digest, "onnxruntime")
-    assert (again / "encoder.onnx").stat().st_mtime_ns == stamp  # reused, not exported again
+    assert calls == [] and again == weights / "exports" / "onnxruntime"  # the real export, reused
     (again / "decoder.onnx").write_bytes(b"damaged")
     redone = backends.ensure_export(teacher.model, weights, digest, "onnxruntime")
+    assert calls == ["onnxruntime"] and (redone / "decoder.onnx").read_text() == f"decoder.onnx of {digest}"
     assert backends._stale_reason(redone, "onnxruntime", digest) is None
     assert backends._stale_reason(redone, "onnxruntime", "other weights") == "exported from other weights"
     assert not [p for p in (weights / "exports").iterdir() if p.name.startswith(".")]  # no leftovers
@@ -139,15 +156,7 @@ def test_a_folder_medistill_did_not_export_is_kept(tmp_path, monkeypatch):
     """ensure_export replaces only its own stale exports; a foreign folder in the way is moved aside, kept."""
     from medistill.teachers.litemedsam import backends
 
-    def fake_export(model, backend, folder, digest):
-        files = backends._FILES[backend]
-        for name in files:
-            (folder / name).write_text(f"{name} of {digest}")
-        (folder / "manifest.json").write_text(json.dumps({
-            "format": backends.EXPORT_FORMAT, "version": backends.EXPORT_VERSION, "weights_sha256": digest,
-            "files": {name: backends.file_sha256(folder / name) for name in files}}))
-
-    monkeypatch.setattr(backends, "_export", fake_export)
+    monkeypatch.setattr(backends, "_export", fake_export([]))
     exports = tmp_path / "exports"
     (exports / "onnxruntime").mkdir(parents=True)
     (exports / "onnxruntime" / "notes.txt").write_text("mine")
