@@ -19,7 +19,7 @@ from pathlib import Path
 
 from medistill.cli.options import json_object
 from medistill.cli.teach_run import add_runtime_arguments, runtime_from_args
-from medistill.distill.terms import DEFAULT_TERMS, TERM_NAMES, WEIGHTINGS
+from medistill.distill.terms import DEFAULT_TERMS, SCHEDULES, TERM_NAMES, WEIGHTINGS
 from medistill.errors import MedistillError
 
 log = logging.getLogger("medistill.distill")
@@ -93,6 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--lr", type=float, default=3e-3,
                           help="Adam learning rate (default 3e-3; the paper's 1e-4 leaves small sets "
                           "half-trained; `medistill train` uses 1e-3 on exact masks)")
+    training.add_argument("--schedule", choices=SCHEDULES, default="constant",
+                          help="learning rate over the run: constant, or a cosine from --lr down to 1 %% of it "
+                          "at --epochs (default constant)")
     training.add_argument("--patience", type=int, default=20,
                           help="early stop after this many epochs without gain (default 20, a fifth of the "
                           "default 100 epochs, and never before --min-epochs; `medistill train`: 10 of 30)")
@@ -128,7 +131,7 @@ def config_from_args(args: argparse.Namespace):
         student=args.student, student_options=json_object(args.student_options, "--student-options"),
         img_size=args.img_size, channels=args.channels,
         clip_percentiles=list(args.clip_percentiles) if args.clip_percentiles else None,
-        epochs=args.epochs, batch=args.batch, lr=args.lr, val_fraction=args.val_fraction,
+        epochs=args.epochs, batch=args.batch, lr=args.lr, schedule=args.schedule, val_fraction=args.val_fraction,
         patience=args.patience, min_epochs=args.min_epochs, min_steps_per_epoch=args.min_steps_per_epoch,
         augment=args.augment, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
         terms=parse_terms(args.terms), confidence=args.confidence, negatives=args.negatives,

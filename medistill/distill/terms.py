@@ -12,3 +12,4 @@ RELEASED_TERMS = ("bce", "prob", "feat")
 # The terms of a default run ("feat" only when the teacher has features).
 DEFAULT_TERMS = ("bce", "dice", "proj", "outside", "feat")
 WEIGHTINGS = ("ulwr", "learned", "fixed")
+SCHEDULES = ("constant", "cosine")  # the student's learning rate over a run

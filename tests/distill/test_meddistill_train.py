@@ -363,3 +363,15 @@ def test_validation_ignores_images_both_leave_empty():
     # Dice on the positives: 2·9/(64+9) and 2·12/(64+12); 0 on both negatives.
     expected = (2 * 9 / 73 + 2 * 12 / 76) / 4
     np.testing.assert_allclose(full["val_dice"], expected, rtol=1e-5)
+
+
+def test_cosine_schedule_decays_the_students_rate_over_the_run(grabcut_run, phantoms, tmp_path):
+    """--schedule cosine reaches the optimizer: the rate falls along the run; the default stays at --lr."""
+    from medistill.distill.meddistill.trainer import learning_rate
+
+    cosine = config(phantoms, tmp_path / "cosine", schedule="cosine", epochs=3)
+    rate = learning_rate(cosine, steps_per_epoch=5)
+    np.testing.assert_allclose([float(rate(0)), float(rate(15))], [3e-3, 3e-5], rtol=1e-4)
+    history = pd.read_csv(train_meddistill(cosine) / "history.csv")
+    assert history["lr"].is_monotonic_decreasing and history["lr"].iloc[-1] < 0.5 * 3e-3
+    np.testing.assert_allclose(pd.read_csv(grabcut_run / "history.csv")["lr"], 3e-3, rtol=1e-6)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from medistill.data.preprocess import PreprocessConfig
-from medistill.distill.terms import DEFAULT_TERMS, TERM_NAMES, WEIGHTINGS
+from medistill.distill.terms import DEFAULT_TERMS, SCHEDULES, TERM_NAMES, WEIGHTINGS
 from medistill.errors import MedistillError
 from medistill.train.config import RESUMABLE_CHANGES as TRAIN_RESUMABLE_CHANGES
 from medistill.train.config import TrainConfig, check_settings, common_checks
@@ -79,6 +79,7 @@ class MedDistillConfig:
     epochs: int = 100
     batch: int = 8
     lr: float = 3e-3
+    schedule: str = "constant"
     val_fraction: float = 0.2
     patience: int = 20
     min_epochs: int | None = None
@@ -121,6 +122,7 @@ class MedDistillConfig:
             (self.min_steps_per_epoch >= 1, "--min-steps-per-epoch must be at least 1"),
             (self.min_epochs is None or self.min_epochs >= 0, "--min-epochs must be 0 or more"),
             (self.rounds >= 1, "--rounds must be at least 1"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
             *runtime_checks(self.teacher_runtime),
             (self.negatives in NEGATIVE_RULES, f"--negatives must be one of {', '.join(NEGATIVE_RULES)}"),
             (isinstance(self.terms, (list, tuple)) and len(self.terms) > 0

@@ -163,8 +163,16 @@ def train_meddistill(config: MedDistillConfig, *, require_resume: bool = False) 
     return run_training(MedDistillTraining(config))
 
 
+def learning_rate(config: MedDistillConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """``--lr``, constant or decayed along a cosine to 1 % over ``--epochs`` (``--schedule``)."""
+    if config.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=max(1, config.epochs * steps_per_epoch),
+                                                      alpha=0.01)
+    return config.lr
+
+
 def build_distiller(config: MedDistillConfig, session: RunSession, student: keras.Model, decoder: Any,
-                    chosen: dict, features: md.FeatureInfo | None, policy: str):
+                    chosen: dict, features: md.FeatureInfo | None, policy: str, steps_per_epoch: int):
     """The distiller (projection, weighting) and its optimizers, built in the strategy's scope."""
     # Building or calling a teacher draws random numbers (tiny-sam even reseeds), and only
     # the chief may build one: reseed so every worker and every resume starts the same.
@@ -181,7 +189,7 @@ def build_distiller(config: MedDistillConfig, session: RunSession, student: kera
                                  feature_loss=config.feature_loss, decoder=decoder,
                                  colearn_confidence=config.colearn_confidence, terms=term_names,
                                  confidence=config.confidence)
-        optimizer = wrap_optimizer(keras.optimizers.Adam(config.lr), policy)
+        optimizer = wrap_optimizer(keras.optimizers.Adam(learning_rate(config, steps_per_epoch)), policy)
         optimizer.build(distiller.trainable_variables)
         decoder_optimizer = None
         if decoder is not None:
@@ -273,7 +281,7 @@ class MedDistillTraining(TrainingMethod):
         grid = config.img_size // self.chosen["stride"] if self.chosen else None
         self.feature_shape = (grid, grid, prepared.features.channels) if self.chosen else None
         self.distiller, self.optimizer, decoder_optimizer = build_distiller(
-            config, session, self.student, self.decoder, self.chosen, prepared.features, plan.policy)
+            config, session, self.student, self.decoder, self.chosen, prepared.features, plan.policy, plan.steps)
         self._trackables: dict[str, Any] = {"weighting": self.distiller.weighting}
         if self.distiller.projection is not None:
             self._trackables["projection"] = self.distiller.projection
