@@ -63,7 +63,7 @@ def trained_rows() -> tuple[list[Row], list[str]]:
 
     notes = []
     defaults = {f: getattr(MedDistillConfig("i", "b", "o"), f) for f in ("confidence", "negatives",
-                                                                        "quality_control", "weighting")}
+                                                                        "quality_control", "weighting", "schedule")}
     rows = [Row("released", "released student (ulwr; bce, prob, feat; no confidence; negatives all; no QC)",
                 dict(RELEASED)),
             Row("default", f"**new default** ({defaults['weighting']}; {', '.join(DEFAULT_TERMS)})")]
@@ -85,6 +85,9 @@ def trained_rows() -> tuple[list[Row], list[str]]:
         rows.append(Row("no_qc", "default without quality control", {"quality_control": False}, ablation=True))
     else:
         notes.append("'no quality control' not run: quality control is off by default")
+    other = "cosine" if defaults["schedule"] == "constant" else "constant"
+    rows.append(Row(f"schedule_{other}", f"default with the {other} learning rate (`schedule={other}`)",
+                    {"schedule": other}, ablation=True))
     try:
         from medistill.distill.meddistill.rounds import run_rounds  # noqa: F401
         rows.append(Row("rounds2", "default with `rounds=2` (refinement rounds)", {"rounds": 2}, "rounds", ablation=True))
