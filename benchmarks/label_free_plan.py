@@ -53,7 +53,7 @@ class Row:
 
 
 RELEASED = {"weighting": "ulwr", "terms": ["bce", "prob", "feat"], "confidence": False, "negatives": "all",
-            "quality_control": False}
+            "quality_control": False, "schedule": "constant"}
 
 
 def trained_rows() -> tuple[list[Row], list[str]]:
@@ -64,7 +64,7 @@ def trained_rows() -> tuple[list[Row], list[str]]:
     notes = []
     defaults = {f: getattr(MedDistillConfig("i", "b", "o"), f) for f in ("confidence", "negatives",
                                                                         "quality_control", "weighting", "schedule")}
-    rows = [Row("released", "released student (ulwr; bce, prob, feat; no confidence; negatives all; no QC)",
+    rows = [Row("released", "released student (ulwr; bce, prob, feat; no confidence; negatives all; no QC; constant lr)",
                 dict(RELEASED)),
             Row("default", f"**new default** ({defaults['weighting']}; {', '.join(DEFAULT_TERMS)})")]
     for term in ("dice", "proj", "outside"):

@@ -76,7 +76,7 @@ def phantoms(tmp_path_factory) -> dict:
 # The released MedDistill's losses and epochs: the tests of this module check that machinery
 # (tests/distill/test_label_free_student.py checks the default terms).
 RELEASED = dict(weighting="ulwr", terms=["bce", "prob", "feat"], confidence=False, negatives="all",
-                min_steps_per_epoch=1, quality_control=False)
+                min_steps_per_epoch=1, quality_control=False, schedule="constant")
 
 
 def config(phantoms, out: Path, **overrides) -> MedDistillConfig:
@@ -366,9 +366,11 @@ def test_validation_ignores_images_both_leave_empty():
 
 
 def test_cosine_schedule_decays_the_students_rate_over_the_run(grabcut_run, phantoms, tmp_path):
-    """--schedule cosine reaches the optimizer: the rate falls along the run; the default stays at --lr."""
+    """--schedule cosine (the default) reaches the optimizer: the rate falls along the run; the released
+    constant rate stays at --lr."""
     from medistill.distill.meddistill.trainer import learning_rate
 
+    assert MedDistillConfig("i", "b", "o").schedule == "cosine"
     cosine = config(phantoms, tmp_path / "cosine", schedule="cosine", epochs=3)
     rate = learning_rate(cosine, steps_per_epoch=5)
     np.testing.assert_allclose([float(rate(0)), float(rate(15))], [3e-3, 3e-5], rtol=1e-4)

@@ -79,7 +79,7 @@ class MedDistillConfig:
     epochs: int = 100
     batch: int = 8
     lr: float = 3e-3
-    schedule: str = "constant"
+    schedule: str = "cosine"
     val_fraction: float = 0.2
     patience: int = 20
     min_epochs: int | None = None
