@@ -101,11 +101,10 @@ def _worker(args: argparse.Namespace, index: int, count: int, messages: Any) -> 
 
 def _export_once(args: argparse.Namespace) -> None:
     """Build the teacher once here when its backend needs an export, so the workers find it made."""
-    from medistill.teachers.litemedsam.backends import DEFAULT_BACKEND
-    from medistill.teachers.registry import build_teacher
+    from medistill.teachers.registry import build_teacher, resolved_backend
 
-    backend = DEFAULT_BACKEND if args.teacher_backend == "auto" else args.teacher_backend
-    if args.teacher.partition(":")[0] == "litemedsam" and backend != "keras":  # Keras has nothing to export
+    needs_export = resolved_backend(args.teacher_backend) != "keras"  # Keras has nothing to export
+    if args.teacher.partition(":")[0] == "litemedsam" and needs_export:
         use_runtime_from_args(args)
         build_teacher(args.teacher)
 

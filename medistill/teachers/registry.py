@@ -129,11 +129,18 @@ def build_teacher(spec: str, runtime: TeacherRuntime | None = None) -> Teacher:
     return _FACTORIES[kind](argument)
 
 
+def resolved_backend(backend: str) -> str:
+    """The backend LiteMedSAM runs on for ``--teacher-backend backend`` (``auto``: the default one)."""
+    from medistill.teachers.litemedsam.backends import DEFAULT_BACKEND
+
+    return DEFAULT_BACKEND if backend == "auto" else backend
+
+
 def _litemedsam(argument: str | None, runtime: TeacherRuntime) -> Teacher:
-    from medistill.teachers.litemedsam.backends import DEFAULT_BACKEND, DEFAULT_ENCODE_BATCH
+    from medistill.teachers.litemedsam.backends import DEFAULT_ENCODE_BATCH
     from medistill.teachers.litemedsam.teacher import LiteMedSAMTeacher
 
-    backend = DEFAULT_BACKEND if runtime.backend == "auto" else runtime.backend
+    backend = resolved_backend(runtime.backend)
     batch = runtime.encode_batch or DEFAULT_ENCODE_BATCH[backend]
     return LiteMedSAMTeacher(argument, backend=backend, precision=runtime.precision, encode_batch=batch,
                              threads=runtime.threads, resize=runtime.resize)

@@ -31,6 +31,7 @@ from medistill.networks import build_student, feature_model, head_names
 from medistill.train.config import TrainConfig
 from medistill.train.data_setup import config_samples, count_classes
 from medistill.train.method import EpochPlan, TrainingMethod, run_training
+from medistill.train.schedules import learning_rate
 from medistill.train.session import RunSession
 
 log = logging.getLogger("medistill.train")
@@ -43,10 +44,7 @@ def preprocess_config(config: TrainConfig) -> PreprocessConfig:
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    rate = config.lr
-    if config.schedule == "cosine":
-        rate = keras.optimizers.schedules.CosineDecay(
-            config.lr, decay_steps=max(1, config.epochs * steps_per_epoch), alpha=0.01)
+    rate = learning_rate(config.lr, config.schedule, config.epochs * steps_per_epoch)
     if config.optimizer == "adamw":
         return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
     return keras.optimizers.Adam(rate)

@@ -368,11 +368,11 @@ def test_validation_ignores_images_both_leave_empty():
 def test_cosine_schedule_decays_the_students_rate_over_the_run(grabcut_run, phantoms, tmp_path):
     """--schedule cosine (the default) reaches the optimizer: the rate falls along the run; the released
     constant rate stays at --lr."""
-    from medistill.distill.meddistill.trainer import learning_rate
+    from medistill.train.schedules import learning_rate
 
     assert MedDistillConfig("i", "b", "o").schedule == "cosine"
     cosine = config(phantoms, tmp_path / "cosine", schedule="cosine", epochs=3)
-    rate = learning_rate(cosine, steps_per_epoch=5)
+    rate = learning_rate(cosine.lr, cosine.schedule, total_steps=cosine.epochs * 5)
     np.testing.assert_allclose([float(rate(0)), float(rate(15))], [3e-3, 3e-5], rtol=1e-4)
     history = pd.read_csv(train_meddistill(cosine) / "history.csv")
     assert history["lr"].is_monotonic_decreasing and history["lr"].iloc[-1] < 0.5 * 3e-3

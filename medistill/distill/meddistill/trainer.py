@@ -77,6 +77,7 @@ from medistill.train.precision import full_precision, wrap_optimizer
 from medistill.distill.projection import FeatureProjection
 from medistill.train.method import EpochPlan, TrainingMethod, run_training
 from medistill.train.session import RunSession
+from medistill.train.schedules import learning_rate
 from medistill.distill.weighting import build_weighting
 from medistill.errors import MedistillError
 from medistill.export import ModelCard
@@ -163,14 +164,6 @@ def train_meddistill(config: MedDistillConfig, *, require_resume: bool = False) 
     return run_training(MedDistillTraining(config))
 
 
-def learning_rate(config: MedDistillConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    """``--lr``, constant or decayed along a cosine to 1 % over ``--epochs`` (``--schedule``)."""
-    if config.schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=max(1, config.epochs * steps_per_epoch),
-                                                      alpha=0.01)
-    return config.lr
-
-
 def build_distiller(config: MedDistillConfig, session: RunSession, student: keras.Model, decoder: Any,
                     chosen: dict, features: md.FeatureInfo | None, policy: str, steps_per_epoch: int):
     """The distiller (projection, weighting) and its optimizers, built in the strategy's scope."""
@@ -189,7 +182,8 @@ def build_distiller(config: MedDistillConfig, session: RunSession, student: kera
                                  feature_loss=config.feature_loss, decoder=decoder,
                                  colearn_confidence=config.colearn_confidence, terms=term_names,
                                  confidence=config.confidence)
-        optimizer = wrap_optimizer(keras.optimizers.Adam(learning_rate(config, steps_per_epoch)), policy)
+        rate = learning_rate(config.lr, config.schedule, config.epochs * steps_per_epoch)
+        optimizer = wrap_optimizer(keras.optimizers.Adam(rate), policy)
         optimizer.build(distiller.trainable_variables)
         decoder_optimizer = None
         if decoder is not None:

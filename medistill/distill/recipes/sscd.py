@@ -162,10 +162,10 @@ class _SSCDBase(EndlessStream, Recipe):
             return super().make_optimizer(variables)
         from medistill.train.precision import wrap_optimizer
 
-        config, rate = self.context.config, float(self.options["sgd_lr"])
-        if config.schedule == "cosine":
-            rate = keras.optimizers.schedules.CosineDecay(
-                rate, decay_steps=max(1, config.epochs * self.context.steps_per_epoch), alpha=0.01)
+        from medistill.train.schedules import learning_rate
+
+        config = self.context.config
+        rate = learning_rate(float(self.options["sgd_lr"]), config.schedule, config.epochs * self.context.steps_per_epoch)
         optimizer = keras.optimizers.SGD(rate, momentum=float(self.options["momentum"]),
                                          weight_decay=float(self.options["sgd_weight_decay"]) or None)
         optimizer = wrap_optimizer(optimizer, self.context.policy)
