@@ -126,7 +126,8 @@ def cache_table(tiles: list, default_backend: str) -> str:
     rows = []
     with tempfile.TemporaryDirectory(prefix="medistill-bench-backends-") as work:
         boxes = _write_set(tiles, Path(work))
-        runs = [("Keras, batch 1 (before)", ["--teacher-backend", "keras", "--teacher-batch", "1"]),
+        runs = [("Keras, batch 1, full features (before)",
+                 ["--teacher-backend", "keras", "--teacher-batch", "1", "--cache-features", "full"]),
                 (f"default ({default_backend}), 1 worker", []),
                 (f"default ({default_backend}), 2 workers", ["--workers", "2"])]
         for index, (name, extra) in enumerate(runs):

@@ -63,7 +63,8 @@ def trained_rows() -> tuple[list[Row], list[str]]:
 
     notes = []
     defaults = {f: getattr(MedDistillConfig("i", "b", "o"), f) for f in ("confidence", "negatives",
-                                                                        "quality_control", "weighting", "schedule")}
+                                                                        "quality_control", "weighting", "schedule",
+                                                                        "weight_average")}
     rows = [Row("released", "released student (ulwr; bce, prob, feat; no confidence; negatives all; no QC; constant lr)",
                 dict(RELEASED)),
             Row("default", f"**new default** ({defaults['weighting']}; {', '.join(DEFAULT_TERMS)})")]
@@ -88,6 +89,12 @@ def trained_rows() -> tuple[list[Row], list[str]]:
     other = "cosine" if defaults["schedule"] == "constant" else "constant"
     rows.append(Row(f"schedule_{other}", f"default with the {other} learning rate (`schedule={other}`)",
                     {"schedule": other}, ablation=True))
+    if not defaults["weight_average"]:
+        rows.append(Row("weight_average", "default with the weight average (`weight_average=0.99`)",
+                        {"weight_average": 0.99}, ablation=True))
+    else:
+        rows.append(Row("no_weight_average", "default without the weight average (`weight_average=0`)",
+                        {"weight_average": 0.0}, ablation=True))
     try:
         from medistill.distill.meddistill.rounds import run_rounds  # noqa: F401
         rows.append(Row("rounds2", "default with `rounds=2` (refinement rounds)", {"rounds": 2}, "rounds", ablation=True))

@@ -124,10 +124,12 @@ def baselines(root: Path, kind: str, test_cache: Path, tests: list) -> dict:
 
 
 def evaluate_run(run_dir: Path, tests: list) -> dict:
+    """The run's masks as ``medistill predict`` makes them (threshold 0.5, the card's noise floor), scored."""
     from medistill.export import load_predictor
+    from medistill.predict.engine import mask_labels
 
     predictor = load_predictor(run_dir)
-    return score({stem: predictor.predict(image) > 0.5 for stem, image, _ in tests}, tests)
+    return score({stem: mask_labels(predictor, predictor.predict(image)) > 0 for stem, image, _ in tests}, tests)
 
 
 def meddistill_config(root: Path, kind: str, plan: Plan, seed: int, out: Path, overrides: dict,

@@ -42,11 +42,18 @@ if TYPE_CHECKING:
 
 @dataclass
 class ModelCard:
-    """How to feed a model and read its output."""
+    """How to feed a model and read its output.
+
+    ``min_component`` (a fraction of an image's pixels, 0 = off) is the model's noise
+    floor: :func:`medistill.predict.engine.mask_labels` removes foreground components smaller than that from
+    every 2-D mask. MedDistill records it from its teacher's masks
+    (:mod:`medistill.distill.meddistill.noise_floor`); other trainers leave it 0.
+    """
 
     preprocess: PreprocessConfig
     num_classes: int
     class_names: list[str] | None = None
+    min_component: float = 0.0
 
     @property
     def activation(self) -> str:
@@ -58,12 +65,13 @@ class ModelCard:
             "num_classes": self.num_classes,
             "activation": self.activation,
             "class_names": self.class_names or default_class_names(self.num_classes),
+            "min_component": self.min_component,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
         return cls(PreprocessConfig.from_dict(data["preprocess"]), int(data["num_classes"]),
-                   data.get("class_names"))
+                   data.get("class_names"), float(data.get("min_component", 0.0)))
 
 
 def default_class_names(num_classes: int) -> list[str]:
@@ -156,6 +164,7 @@ class Predictor:
         """Hard labels: probability > threshold (binary) or the arg-max class (last axis).
 
         Any leading shape: one image ``(H, W[, K])`` or a stack of slices ``(Z, H, W[, K])``.
+        The card's noise floor is applied by :func:`medistill.predict.engine.mask_labels`.
         """
         if self.card.num_classes == 2:
             return (prob > threshold).astype(np.int32)

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--teacher", default="litemedsam",
                       help="litemedsam | litemedsam:/path/to.pth | grabcut | sam:<preset-or-dir> | tiny-sam")
     data.add_argument("--cache", help="teacher cache (HDF5) to build or reuse (default OUT/teacher_cache.h5)")
+    data.add_argument("--cache-features", default="compact", choices=("compact", "full"),
+                      help="how a new teacher cache stores features: compact (default: pooled 2x2, 8 bits, ~0.3 MB "
+                      "an image; exact for students up to 128 px) or full (~2 MB; --co-learn always uses full)")
     data.add_argument("--out", required=True, help="run folder (resumed when it holds the same run)")
     data.add_argument("--val-fraction", type=float, default=0.2,
                       help="images held out for the label-free validation (agreement with the teacher)")
@@ -97,6 +100,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="learning rate over the run: a cosine from --lr down to 1 %% of it at --epochs "
                           "(default cosine: on the demo's phantoms it beat a constant rate in 5 of 5 paired "
                           "runs), or constant (the released code's)")
+    training.add_argument("--noise-floor", type=float, default=0.25, metavar="FACTOR",
+                          help="the exported student drops predicted components smaller than FACTOR x the "
+                          "5th percentile of its teacher's component areas on the training images "
+                          "(default 0.25; 0: off). `medistill predict --no-noise-floor` ignores it")
+    training.add_argument("--weight-average", type=float, default=0.0, metavar="DECAY",
+                          help="validate, select and export a moving average of the student's weights "
+                          "(decay per step, e.g. 0.99; default 0: the weights as trained)")
     training.add_argument("--patience", type=int, default=20,
                           help="early stop after this many epochs without gain (default 20, a fifth of the "
                           "default 100 epochs, and never before --min-epochs; `medistill train`: 10 of 30)")
@@ -129,10 +139,12 @@ def config_from_args(args: argparse.Namespace):
 
     return MedDistillConfig(
         image_dir=args.image_dir, boxes=args.boxes, out=args.out, teacher=args.teacher, cache=args.cache,
+        cache_features=args.cache_features,
         student=args.student, student_options=json_object(args.student_options, "--student-options"),
         img_size=args.img_size, channels=args.channels,
         clip_percentiles=list(args.clip_percentiles) if args.clip_percentiles else None,
-        epochs=args.epochs, batch=args.batch, lr=args.lr, schedule=args.schedule, val_fraction=args.val_fraction,
+        epochs=args.epochs, batch=args.batch, lr=args.lr, schedule=args.schedule,
+        weight_average=args.weight_average, noise_floor=args.noise_floor, val_fraction=args.val_fraction,
         patience=args.patience, min_epochs=args.min_epochs, min_steps_per_epoch=args.min_steps_per_epoch,
         augment=args.augment, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
         terms=parse_terms(args.terms), confidence=args.confidence, negatives=args.negatives,

@@ -97,3 +97,11 @@ def add_mask_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) 
     parser.add_argument("--mask-mode", default="auto", choices=("auto", "binary", "labels"),
                         help="how a mask file's values are read (docs/DESIGN.md, mask reading rule; "
                         "files of --mask-pattern are always binary)")
+
+
+def add_label_options(parser: argparse.ArgumentParser) -> None:
+    """How probabilities become masks, shared by ``predict`` and ``evaluate``: threshold and noise floor."""
+    parser.add_argument("--threshold", type=float, default=0.5, help="on probabilities, binary models (default 0.5)")
+    parser.add_argument("--noise-floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="drop components below the model's noise floor, recorded in its card by "
+                             "meddistill.py (default on; --no-noise-floor keeps every component)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from medistill.cli.options import add_label_options
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", required=True,
@@ -18,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--axis", type=int, default=2, help="volumes: slice axis, 0 sagittal, 1 coronal, 2 axial "
                                                             "(RAS+; default 2)")
     parser.add_argument("--batch", type=int, default=8, help="images or slices per forward pass (default 8)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="binary models: on probabilities (default 0.5)")
+    add_label_options(parser)
     parser.add_argument("--probabilities", action="store_true",
                         help="also write the soft maps to OUT/probabilities/ (.npy for images, NIfTI for volumes)")
     parser.add_argument("--tta", action="store_true", help="average over left-right and up-down flips (4x slower)")
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = PredictConfig(
         model=args.model, inputs=args.inputs, out=args.out, backend=args.backend, axis=args.axis,
-        batch=args.batch, threshold=args.threshold, probabilities=args.probabilities, tta=args.tta,
+        batch=args.batch, threshold=args.threshold, noise_floor=args.noise_floor, probabilities=args.probabilities, tta=args.tta,
         largest_component=args.largest_component, min_size=args.min_size, part_id=args.part_id,
         num_parts=args.num_parts)
     print(describe(predict_folder(config), args.out))

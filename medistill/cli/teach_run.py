@@ -77,7 +77,7 @@ def teach_one(args: argparse.Namespace, shard=None, on_progress=None) -> dict:
     out = shard_path(args.out, shard) if shard else args.out
     summary = build_cache(teacher, args.image_dir, args.boxes, out, overwrite=args.overwrite,
                           progress=not args.no_progress and on_progress is None, quality=settings,
-                          shard=shard, on_progress=on_progress)
+                          shard=shard, on_progress=on_progress, storage=args.cache_features)
     return {**summary, "backend": teacher.backend, **({"shard": shard.text, "shard_cache": str(out)} if shard else {})}
 
 

@@ -27,7 +27,7 @@ from medistill.evaluate.report import MetricTable, format_summary_table, write_r
 from medistill.evaluate.visualise import plot_metric_distribution, save_panel
 from medistill.export import Predictor, load_predictor
 from medistill.fileio import write_json_atomic
-from medistill.predict.engine import png_mask_values, predict_probabilities
+from medistill.predict.engine import mask_labels, png_mask_values, predict_probabilities
 
 log = logging.getLogger("medistill.evaluate")
 
@@ -46,6 +46,7 @@ class EvalConfig:
     out: str | None = None
     pred_dir: str | None = None
     threshold: float = 0.5
+    noise_floor: bool = True
     num_vis: int = 20
     mask_suffix: str = ""
     mask_mode: str = "auto"
@@ -221,7 +222,7 @@ def _run(config: EvalConfig, predictor: Predictor, samples: list, staging: _Stag
         loaded = [load_sample(s, mask_mode=config.mask_mode) for s in chunk]
         probs = predict_probabilities(predictor, [image for image, _ in loaded], batch=config.batch)
         for sample, (image, truth), prob in zip(chunk, loaded, probs):
-            labels = predictor.labels(prob, config.threshold)
+            labels = mask_labels(predictor, prob, config.threshold, config.noise_floor)
             write_mask_png(pred_dir / f"{sample.stem}.png", png_mask_values(labels, predictor.card.num_classes))
             if truth is not None:
                 table.add(sample.stem, _metrics(predictor, labels, truth))

@@ -14,7 +14,7 @@ Example::
 
     predictor = open_predictor("runs/unet")
     probs = predict_probabilities(predictor, [image_a, image_b], tta=True)
-    masks = [predictor.labels(p) for p in probs]
+    masks = [mask_labels(predictor, p) for p in probs]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 from medistill.data.preprocess import Geometry, preprocess_image, restore
 from medistill.errors import MedistillError
 from medistill.export import Predictor
+from medistill.predict.postprocess import remove_specks
 
 # Axes flipped in each test-time copy of one (S, S[, C]) image: none, left-right, up-down, both.
 FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (0,), (0, 1))
@@ -67,6 +68,17 @@ def _flipped_average(predictor: Predictor, xs: list[np.ndarray], geometries: lis
         for index, geometry in enumerate(geometries):
             total[index] += _flip_content(probs[copy * count + index], geometry, axes)
     return total / len(FLIPS)
+
+
+def mask_labels(predictor: Predictor, prob: np.ndarray, threshold: float = 0.5,
+                noise_floor: bool = True) -> np.ndarray:
+    """Label maps of probabilities (:meth:`Predictor.labels`), with the card's noise floor when ``noise_floor``.
+
+    The noise floor (``card.min_component``, a fraction of a mask's pixels) removes smaller
+    components from each 2-D mask, slice by slice for a stack.
+    """
+    labels = predictor.labels(prob, threshold)
+    return remove_specks(labels, predictor.card.min_component) if noise_floor else labels
 
 
 def png_mask_values(labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -29,7 +29,7 @@ from medistill.export import Predictor
 from medistill.fileio import atomic_path, write_json_atomic
 from medistill.locking import acquire_lock, release_lock
 from medistill.predict.backends import open_predictor, resolve_model
-from medistill.predict.engine import png_mask_values, predict_probabilities
+from medistill.predict.engine import mask_labels, png_mask_values, predict_probabilities
 from medistill.predict.inputs import InputFile, check_output_folder, find_inputs, shard
 from medistill.predict.postprocess import clean_labels
 from medistill.predict.volumes import stack_slices, volume_slices, write_like
@@ -50,6 +50,7 @@ class PredictConfig:
     axis: int = 2
     batch: int = 8
     threshold: float = 0.5
+    noise_floor: bool = True
     probabilities: bool = False
     tta: bool = False
     largest_component: bool = False
@@ -70,6 +71,7 @@ class PredictConfig:
     def mask_settings(self) -> dict:
         """What decides the masks (the backend does not: runtimes agree within tolerance)."""
         return {"model": str(Path(self.model).expanduser().resolve()), "threshold": self.threshold,
+                "noise_floor": self.noise_floor,
                 "tta": self.tta, "largest_component": self.largest_component, "min_size": self.min_size,
                 "axis": self.axis}
 
@@ -132,7 +134,7 @@ def _check_marker(out: Path, settings: dict, inputs: list[InputFile], probabilit
 
 
 def _labels(predictor: Predictor, prob: np.ndarray, config: PredictConfig) -> np.ndarray:
-    labels = predictor.labels(prob, config.threshold)
+    labels = mask_labels(predictor, prob, config.threshold, config.noise_floor)
     return clean_labels(labels, config.largest_component, config.min_size)
 
 

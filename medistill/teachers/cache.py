@@ -5,17 +5,23 @@ Layout (``format = "medistill.teacher_cache"``, ``version = 2``)::
     /                     attrs: format, version, teacher, weights_hash, precision, backend,
                                  preprocessing (JSON),
                                  boxes_file, boxes_sha256, class_names (JSON),
-                                 quality (JSON: jitter, draws, seed, threshold)
+                                 quality (JSON: jitter, draws, seed, threshold),
+                                 storage ("compact" or "full": :mod:`~medistill.teachers.cache_storage`)
     /images/<stem>/       attrs: file, slice (-1 for a plain image), width, height, n_boxes,
                                  image_uncertainty, feature_stride (-1 without features),
+                                 feature_pool (1, or 2 for pooled compact features),
                                  sha256 (of the image file; of the decoded slice for NIfTI), done
-        fused             (H, W) float32, pixel-wise max over the boxes (zeros without boxes)
-        masks             (N, H, W) float32 per-box probabilities, one chunk per box
+        fused             (H, W) pixel-wise max over the boxes (zeros without boxes); float32
+                          (full) or float16 (compact)
+        masks             (N, H, W) per-box probabilities, one chunk per box; float32 (full)
+                          or uint8 = round(255 p) (compact)
         uncertainties     (N,) float32, variance of each soft mask over its pixels
         scores            (N,) float32 model scores (absent when the teacher has none)
         boxes             (N, 4) float32 clipped xyxy boxes, original pixels
         box_scores, box_classes   (N,) the boxes file's detector scores and classes
-        features          (h, w, C) float16 encoder features (absent when none)
+        features          (h, w, C) encoder features (absent when none): float16 (full), or
+                          2x2-pooled and 8-bit per channel with features_low/features_high (C,)
+                          float32 (compact)
         quality/          score, stability, fill (N,) float32; components (N,) int32; area (N,) int64
                           (:mod:`medistill.teachers.quality`; score NaN without teacher scores)
 
@@ -61,6 +67,8 @@ from medistill.errors import MedistillError
 from medistill.fileio import file_sha256
 from medistill.teachers.base import Teacher, TeacherOutput
 from medistill.teachers.cache_lock import cache_lock, lock_path
+from medistill.teachers.cache_storage import (DEFAULT_STORAGE, check_storage, encode_features, encode_fused,
+                                              encode_masks, serves)
 from medistill.teachers.cache_reader import FORMAT, VERSION, CacheEntry, CacheReader, _format_problem, _text
 from medistill.teachers.pipeline import run_pipeline
 from medistill.teachers.quality import (MaskQuality, QualitySettings, jitter_boxes, mask_quality,
@@ -74,7 +82,8 @@ LOG = logging.getLogger("medistill.teachers")
 
 
 def provenance(teacher: Teacher, boxes_path: str | os.PathLike, class_names: list[str],
-               quality: QualitySettings | None = None, shard: Shard | None = None) -> dict[str, str]:
+               quality: QualitySettings | None = None, shard: Shard | None = None,
+               storage: str = DEFAULT_STORAGE) -> dict[str, str]:
     """The root attributes that identify a cache (``shard``: which part of the boxes file it holds)."""
     quality = quality or QualitySettings()
     return {"format": FORMAT, "version": str(VERSION), "teacher": teacher.name,
@@ -82,19 +91,21 @@ def provenance(teacher: Teacher, boxes_path: str | os.PathLike, class_names: lis
             "preprocessing": json.dumps(teacher.preprocessing, sort_keys=True),
             "boxes_file": str(Path(boxes_path).resolve()), "boxes_sha256": file_sha256(boxes_path),
             "class_names": json.dumps(list(class_names)), "quality": quality.to_json(),
-            "shard": shard.text if shard else ""}
+            "shard": shard.text if shard else "", "storage": check_storage(storage)}
 
 
 # "backend" is recorded, not checked: every fp32 backend passed parity with Keras, so a
 # cache may be resumed with another one. A cache older than the precision attribute is fp32.
-_CHECKED = ("teacher", "weights_hash", "precision", "preprocessing", "boxes_sha256", "quality", "shard")
-_MISSING_MEANS = {"precision": "fp32", "shard": ""}
+_CHECKED = ("teacher", "weights_hash", "precision", "preprocessing", "boxes_sha256", "quality", "shard", "storage")
+_MISSING_MEANS = {"precision": "fp32", "shard": "", "storage": "full"}
 
 
 def _stale_reasons(existing: dict[str, Any], wanted: dict[str, str]) -> list[str]:
     reasons = []
     for key in _CHECKED:
         old = _text(existing.get(key, _MISSING_MEANS.get(key)))
+        if key == "storage" and serves(old, wanted[key]):
+            continue
         if old != wanted[key]:
             reasons.append(f"{key}: cache has {old!r}, now {wanted[key]!r}")
     return reasons
@@ -233,15 +244,15 @@ def quality_records(teacher: Teacher, image: np.ndarray, out: TeacherOutput, ste
 
 
 def _write_image(group: h5py.Group, entry, out: TeacherOutput, digest: str,
-                 records: list[MaskQuality]) -> None:
+                 records: list[MaskQuality], storage: str) -> None:
     gzip = {"compression": "gzip", "compression_opts": 4}
     n, (height, width) = len(out.masks), out.masks.shape[1:]
     group.attrs.update({"file": entry.file, "slice": -1 if entry.slice_index is None else int(entry.slice_index),
                         "width": entry.width, "height": entry.height, "n_boxes": n,
                         "image_uncertainty": out.image_uncertainty(), "sha256": digest,
                         "feature_stride": -1 if out.feature_stride is None else int(out.feature_stride)})
-    group.create_dataset("fused", data=out.fused(), chunks=True, **gzip)
-    group.create_dataset("masks", data=out.masks.astype(np.float32),
+    group.create_dataset("fused", data=encode_fused(out.fused(), storage), chunks=True, **gzip)
+    group.create_dataset("masks", data=encode_masks(out.masks, storage),
                          chunks=(1, height, width) if n else None, **(gzip if n else {}))
     group.create_dataset("uncertainties", data=out.uncertainties.astype(np.float32))
     group.create_dataset("boxes", data=out.boxes.astype(np.float32).reshape(-1, 4))
@@ -250,7 +261,10 @@ def _write_image(group: h5py.Group, entry, out: TeacherOutput, digest: str,
     if out.scores is not None:
         group.create_dataset("scores", data=np.asarray(out.scores, np.float32))
     if out.features is not None:
-        group.create_dataset("features", data=out.features.astype(np.float16), chunks=True, **gzip)
+        stored = encode_features(out.features, storage)
+        group.attrs["feature_pool"] = stored.pop("feature_pool")
+        for name, values in stored.items():
+            group.create_dataset(name, data=values, **(dict(chunks=True, **gzip) if values.ndim == 3 else {}))
     quality = group.create_group("quality")
     for name, values in records_to_arrays(records).items():
         quality.create_dataset(name, data=values)
@@ -309,13 +323,16 @@ def _open(out_path: Path, wanted: dict[str, str], overwrite: bool) -> h5py.File:
 def build_cache(teacher: Teacher, image_dir: str | os.PathLike, boxes_path: str | os.PathLike,
                 out_path: str | os.PathLike, overwrite: bool = False, progress: bool = True,
                 quality: QualitySettings | None = None, shard: Shard | None = None,
-                on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                on_progress: Callable[[int, int], None] | None = None,
+                storage: str = DEFAULT_STORAGE) -> dict[str, Any]:
     """Run ``teacher`` on every image of the boxes file (or of its ``shard``); resume an unfinished cache.
 
     ``quality`` sets the stability jitter (default 0.05 of the box size, 3 draws). The
     images are read and preprocessed ahead on a thread, go through the teacher in
     batches of ``teacher.encode_batch`` and are written on another thread
-    (:mod:`medistill.teachers.pipeline`). ``on_progress(done, total)`` is called before the
+    (:mod:`medistill.teachers.pipeline`). ``storage`` is ``"compact"`` (default) or ``"full"``
+    (:mod:`medistill.teachers.cache_storage`); a full cache is reused, and completed in its own
+    storage, where compact is asked. ``on_progress(done, total)`` is called before the
     first image and after each one (progress of worker processes). Returns a summary:
     ``{"images", "done_before", "written", "seconds", "images_per_second"}``.
     """
@@ -325,7 +342,7 @@ def build_cache(teacher: Teacher, image_dir: str | os.PathLike, boxes_path: str 
     check_image_paths(boxes, image_dir)  # before anything is written
     entries = shard.select(boxes.images) if shard else list(boxes.images)
     _check_entries(image_dir, entries)
-    wanted = provenance(teacher, boxes_path, boxes.class_names, quality, shard)
+    wanted = provenance(teacher, boxes_path, boxes.class_names, quality, shard, storage)
     start = time.perf_counter()
     if not overwrite and _finished(out_path, wanted, entries, image_dir):
         # Read-only: several runs may share a finished cache at the same time.
@@ -381,9 +398,11 @@ def _run_teacher(teacher: Teacher, image_dir: Path, todo: list, quality: Quality
 
     done = [done_before]  # not bar.n: a disabled bar does not count
 
+    storage = _text(handle.attrs.get("storage", _MISSING_MEANS["storage"]))  # the file's own, when resumed
+
     def write(result):
         entry, out, digest, records = result
-        _write_image(handle["images"].create_group(entry.stem), entry, out, digest, records)
+        _write_image(handle["images"].create_group(entry.stem), entry, out, digest, records, storage)
         handle.flush()
         bar.update(1)
         done[0] += 1

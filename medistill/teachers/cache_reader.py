@@ -24,6 +24,7 @@ import numpy as np
 
 from medistill.errors import MedistillError
 from medistill.teachers.cache_lock import _read_holder, lock_path
+from medistill.teachers.cache_storage import decode_features, decode_masks
 from medistill.teachers.quality import QUALITY_FIELDS, MaskQuality, QualitySettings, arrays_to_records
 
 FORMAT = "medistill.teacher_cache"
@@ -63,7 +64,7 @@ class CacheEntry:
     boxes: np.ndarray                  # (N, 4) float32 clipped xyxy, original pixels
     box_scores: np.ndarray             # (N,) float32 detector scores from the boxes file
     box_classes: np.ndarray            # (N,) int32
-    features: np.ndarray | None        # (h, w, C) float16, or None (or not read)
+    features: np.ndarray | None        # (h, w, C) float16 (full) / float32 (compact), or None (or not read)
     feature_stride: int | None
     sha256: str
 
@@ -73,7 +74,7 @@ class CacheEntry:
 
 
 # Root attributes every shard of one cache shares (the shard attribute itself differs).
-SHARED_ATTRIBUTES = ("teacher", "weights_hash", "precision", "preprocessing", "boxes_sha256", "quality")
+SHARED_ATTRIBUTES = ("teacher", "weights_hash", "precision", "preprocessing", "boxes_sha256", "quality", "storage")
 
 
 def _open_cache(path: Path) -> h5py.File:
@@ -167,6 +168,11 @@ class CacheReader:
         return QualitySettings.from_json(self.attrs["quality"])
 
     @property
+    def storage(self) -> str:
+        """``"compact"`` or ``"full"`` (:mod:`~medistill.teachers.cache_storage`; caches older than the attribute are full)."""
+        return str(self.attrs.get("storage") or "full")
+
+    @property
     def stems(self) -> list[str]:
         """The finished images, sorted."""
         return sorted(stem for stem, handle in self._where.items() if handle["images"][stem].attrs.get("done", False))
@@ -197,7 +203,7 @@ class CacheReader:
             boxes=group["boxes"][()].astype(np.float32).reshape(-1, 4),
             box_scores=group["box_scores"][()].astype(np.float32),
             box_classes=group["box_classes"][()].astype(np.int32),
-            features=group["features"][()] if features and "features" in group else None,
+            features=decode_features(group) if features and "features" in group else None,
             feature_stride=stride if stride > 0 else None, sha256=_text(attrs["sha256"]))
 
     def feature_info(self, stem: str) -> tuple[tuple[int, int, int], int] | None:
@@ -210,7 +216,7 @@ class CacheReader:
     def masks(self, stem: str, index: int | None = None) -> np.ndarray:
         """``(N, H, W)`` float32 per-box soft masks, or ``(H, W)`` for box ``index``."""
         data = self._group(stem)["masks"]
-        return (data[()] if index is None else data[int(index)]).astype(np.float32)
+        return decode_masks(data[()] if index is None else data[int(index)])
 
     def quality(self, stem: str) -> list[MaskQuality]:
         """The per-mask quality records of one image, in box order."""

@@ -23,6 +23,7 @@ Example (a recipe's side)::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -40,6 +41,7 @@ from tqdm.auto import tqdm
 from medistill.distribute import describe, is_chief, mean_across_workers
 from medistill.errors import MedistillError
 from medistill.fileio import atomic_path
+from medistill.train.averaging import WeightAverage
 
 log = logging.getLogger("medistill.train")
 
@@ -76,6 +78,7 @@ class LoopSettings:
     steps_per_epoch: int | None = None
     keep_checkpoints: int = 2
     min_epochs: int = 0  # no early stop before this many epochs (a slow start is not convergence)
+    average_decay: float = 0.0  # > 0: validate, select and export a moving average of the weights
 
 
 class TrainingLoop:
@@ -104,9 +107,14 @@ class TrainingLoop:
             self.best = tf.Variable(start, dtype=tf.float64, trainable=False, name="best")
             self.best_epoch = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_epoch")
             self.stopped = tf.Variable(False, trainable=False, name="stopped")
+        trackables = dict(extra_trackables or {})
+        self.average = None
+        if settings.average_decay > 0:
+            self.average = WeightAverage(model, settings.average_decay, strategy)
+            trackables["weight_average"] = self.average
         self.checkpoint = tf.train.Checkpoint(
             model=model, optimizer=optimizer, epoch=self.epoch, best=self.best,
-            best_epoch=self.best_epoch, stopped=self.stopped, **(extra_trackables or {}),
+            best_epoch=self.best_epoch, stopped=self.stopped, **trackables,
         )
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, self._checkpoint_dir(), max_to_keep=settings.keep_checkpoints
@@ -179,6 +187,8 @@ class TrainingLoop:
                    leave=False, disable=not self.chief, dynamic_ncols=True)
         for batch in distributed:
             terms = {name: float(value.numpy()) for name, value in self._distributed_step(batch).items()}
+            if self.average is not None:
+                self.average.update()
             self._check_finite(terms, epoch, count)
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value
@@ -222,10 +232,11 @@ class TrainingLoop:
         writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard")) if self.chief else None
         for epoch in range(done, self.settings.epochs):
             row = {"epoch": epoch + 1, **self._train_epoch(make_dataset(epoch), epoch)}
-            if self.validate_fn is not None:
-                row.update(mean_across_workers(self.strategy, self.validate_fn()))
-            row["lr"] = _current_lr(self.checkpoint.optimizer)
-            self._judge_epoch(row, epoch)
+            with self._evaluated_weights():
+                if self.validate_fn is not None:
+                    row.update(mean_across_workers(self.strategy, self.validate_fn()))
+                row["lr"] = _current_lr(self.checkpoint.optimizer)
+                self._judge_epoch(row, epoch)
             history.append(row)
             # The history first: a run killed between the two resumes from the older
             # checkpoint and drops the newer row, instead of losing a row.
@@ -239,6 +250,10 @@ class TrainingLoop:
                          self.settings.monitor, self.settings.patience)
                 break
         return history
+
+    def _evaluated_weights(self):
+        """The weights validated and kept as the best: the moving average when there is one."""
+        return self.average.swapped_in() if self.average is not None else contextlib.nullcontext()
 
     def _judge_epoch(self, row: dict, epoch: int) -> None:
         """Keep the best weights and decide on early stopping."""

@@ -187,7 +187,8 @@ def _train(method: TrainingMethod, session: RunSession) -> Path:
     validate = method.validation()
     settings = LoopSettings(epochs=config.epochs, patience=config.patience,
                             monitor="val_dice" if validate else "loss", mode="max" if validate else "min",
-                            steps_per_epoch=plan.steps, min_epochs=method.min_epochs())
+                            steps_per_epoch=plan.steps, min_epochs=method.min_epochs(),
+                            average_decay=float(getattr(config, "weight_average", 0.0) or 0.0))
     loop = TrainingLoop(session.strategy, session.run_dir, method.student, method.optimizer, method.step,
                         validate, settings, extra_trackables=method.trackables())
     history = loop.fit(method.epoch_data)

@@ -112,6 +112,24 @@ def test_default_run_logs_the_new_terms_and_records_trust_and_collapse(default_r
     assert set(summary["collapse"]) >= {"collapsed", "teacher_positive", "student_found"}
 
 
+def test_the_card_records_the_noise_floor_of_the_teachers_training_masks(default_run, phantoms):
+    """min_component = 0.25 x the 5th percentile of the teacher's component areas on the training split only."""
+    from medistill.boxes.boxes_file import read_boxes
+    from medistill.distill.meddistill.noise_floor import component_fractions
+
+    config = MedDistillConfig.load(default_run / "config.json")
+    train, val = md.split_entries(read_boxes(phantoms["boxes"]), phantoms["images"], config.val_fraction, config.seed)
+    assert val, "the check needs held-out images to tell the splits apart"
+    data = md.load_from_cache(default_run / "teacher_cache.h5", phantoms["images"], train, config.preprocess(),
+                              grid=None)
+    fractions = component_fractions(data.soft, [(g.resized_height, g.resized_width) for g in data.geometries])
+    expected = 0.25 * np.percentile(fractions, 5)
+    card = json.loads((default_run / "preprocessing.json").read_text())
+    assert expected > 0 and card["min_component"] == pytest.approx(expected, rel=1e-9)
+    summary = json.loads((default_run / "summary.json").read_text())
+    assert summary["noise_floor"] == {"factor": 0.25, "min_component": card["min_component"]}
+
+
 def test_box_indicators_are_flipped_with_their_image(phantoms):
     data, batch = _batch(phantoms)
     order, flips = md.epoch_plan(len(data), 1, 3, True, True)

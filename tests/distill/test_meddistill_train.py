@@ -140,8 +140,10 @@ def test_feature_teacher_adds_a_projected_feature_term(phantoms):
     history = pd.read_csv(run / "history.csv")
     assert {"feat", "w_feat"} <= set(history.columns) and history["feat"].iloc[0] > 0
     summary = json.loads((run / "summary.json").read_text())
-    # The tiny U-Net's stride-4 map is its bottleneck; the teacher's stride is 4.
-    assert summary["feature_layer"] == "bottleneck" and summary["teacher_feature_shape"] == [16, 16, 3]
+    # The tiny U-Net's stride-4 map is its bottleneck; the teacher's stride is 4 (its 16x16 map
+    # is cached compact: 2x2-pooled to 8x8, the stride still the encoder's).
+    assert summary["feature_layer"] == "bottleneck" and summary["teacher_feature_stride"] == 4
+    assert summary["teacher_feature_shape"] == [8, 8, 3]
     loaded = keras.saving.load_model(run / "student.keras", compile=False)
     assert len(loaded.outputs) == 1  # the projection is not part of the exported student
 
@@ -313,10 +315,16 @@ def test_co_learning_trains_the_decoder_and_checkpoints_refreshed_targets(phanto
     write_boxes(tmp_path / "boxes.json", boxes)
     cache = tmp_path / "cache.h5"
     real = build_teacher("litemedsam")
+    settings = dict(boxes=str(tmp_path / "boxes.json"), cache=str(cache), teacher="litemedsam", co_learn=True,
+                    refresh_every=1, epochs=2, batch=2, val_fraction=0.0, augment=True)
+    # a compact cache holds pooled features, not the decoder's embedding: refused, naming why
     build_cache(EmbeddingTeacher(real), phantoms["images"], tmp_path / "boxes.json", cache, progress=False)
-    run = train_meddistill(config(phantoms, tmp_path / "colearn", boxes=str(tmp_path / "boxes.json"),
-                                  cache=str(cache), teacher="litemedsam", co_learn=True, refresh_every=1,
-                                  epochs=2, batch=2, val_fraction=0.0, augment=True))
+    with pytest.raises(MedistillError, match="stores compact features, this run needs full ones"):
+        train_meddistill(config(phantoms, tmp_path / "refused", **settings))
+    assert not (tmp_path / "refused").exists()  # refused before anything is written
+    build_cache(EmbeddingTeacher(real), phantoms["images"], tmp_path / "boxes.json", cache, progress=False,
+                storage="full", overwrite=True)
+    run = train_meddistill(config(phantoms, tmp_path / "colearn", **settings))
     history = pd.read_csv(run / "history.csv")
     assert "colearn" in history.columns and np.isfinite(history["colearn"]).all()
 

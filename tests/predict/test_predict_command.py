@@ -178,3 +178,40 @@ def test_post_processing_options_reach_the_masks(trained_run, image_folder, tmp_
 
 def teardown_module() -> None:
     clear_volume_cache()
+
+
+def test_the_cards_noise_floor_reaches_predict_and_evaluate_unless_turned_off(trained_run, image_folder, tmp_path):
+    """A card's ``min_component`` removes small components in both commands; --no-noise-floor keeps them."""
+    import shutil
+
+    from scipy import ndimage
+
+    from medistill.evaluate.predict_eval import EvalConfig, predict_and_evaluate
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    card = json.loads((run / "preprocessing.json").read_text())
+    plain = tmp_path / "plain"
+    assert _predict("--model", run, "-i", image_folder, "-o", plain) == 0
+    sizes = np.concatenate([np.bincount(ndimage.label(read_mask_values(p) > 0, np.ones((3, 3)))[0].ravel())[1:]
+                            for p in sorted(plain.glob("*.png"))])
+    cut = int(np.median(sizes))  # about half the nuclei fall below the floor
+    card["min_component"] = cut / (64 * 64)
+    (run / "preprocessing.json").write_text(json.dumps(card))
+    floored, kept = tmp_path / "floored", tmp_path / "kept"
+    assert _predict("--model", run, "-i", image_folder, "-o", floored) == 0
+    assert _predict("--model", run, "-i", image_folder, "-o", kept, "--no-noise-floor") == 0
+    for name in sorted(p.name for p in plain.glob("*.png")):
+        np.testing.assert_array_equal(read_mask_values(kept / name), read_mask_values(plain / name))
+        mask = read_mask_values(floored / name) > 0
+        labels, count = ndimage.label(mask)
+        assert count == 0 or np.bincount(labels.ravel())[1:].min() >= cut
+        assert not (mask & ~(read_mask_values(plain / name) > 0)).any()  # only removes
+    assert sum(read_mask_values(p).astype(bool).sum() for p in floored.glob("*.png")) < \
+        sum(read_mask_values(p).astype(bool).sum() for p in plain.glob("*.png"))
+    for noise_floor, folder in ((True, floored), (False, kept)):
+        predict_and_evaluate(EvalConfig(image_dir=str(image_folder), model_path=str(run), num_vis=0,
+                                        vis_dir=str(tmp_path / f"eval_{noise_floor}"), noise_floor=noise_floor))
+        for name in sorted(p.name for p in folder.glob("*.png")):
+            np.testing.assert_array_equal(read_mask_values(tmp_path / f"eval_{noise_floor}" / "predictions" / name),
+                                          read_mask_values(folder / name))

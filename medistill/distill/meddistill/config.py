@@ -29,8 +29,8 @@ from medistill.train.run_folder import register_run_config
 
 # Besides the supervised ones (length, patience, devices, folder): the cache may move,
 # it is checked against the teacher and the boxes file by itself; keeping a collapsed
-# student is decided at the end.
-RESUMABLE_CHANGES = set(TRAIN_RESUMABLE_CHANGES) | {"cache", "keep_collapsed"}
+# student is decided at the end, and so is the noise floor written into the model card.
+RESUMABLE_CHANGES = set(TRAIN_RESUMABLE_CHANGES) | {"cache", "keep_collapsed", "noise_floor"}
 
 # The teacher-runtime settings that change the teacher's masks (the others change only its speed).
 TARGET_RUNTIME_FIELDS = ("precision", "resize")
@@ -71,6 +71,7 @@ class MedDistillConfig:
     out: str
     teacher: str = "litemedsam"
     cache: str | None = None
+    cache_features: str = "compact"
     student: str = "unet"
     student_options: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_STUDENT_OPTIONS))
     img_size: int = 256
@@ -80,6 +81,8 @@ class MedDistillConfig:
     batch: int = 8
     lr: float = 3e-3
     schedule: str = "cosine"
+    weight_average: float = 0.0
+    noise_floor: float = 0.25
     val_fraction: float = 0.2
     patience: int = 20
     min_epochs: int | None = None
@@ -123,6 +126,9 @@ class MedDistillConfig:
             (self.min_epochs is None or self.min_epochs >= 0, "--min-epochs must be 0 or more"),
             (self.rounds >= 1, "--rounds must be at least 1"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.cache_features in ("compact", "full"), "--cache-features must be compact or full"),
+            (self.noise_floor >= 0, "--noise-floor must be 0 (off) or a positive factor (default 0.25)"),
+            (0.0 <= self.weight_average < 1.0, "--weight-average must be in [0, 1) (0: off; e.g. 0.99)"),
             *runtime_checks(self.teacher_runtime),
             (self.negatives in NEGATIVE_RULES, f"--negatives must be one of {', '.join(NEGATIVE_RULES)}"),
             (isinstance(self.terms, (list, tuple)) and len(self.terms) > 0
@@ -166,6 +172,11 @@ class MedDistillConfig:
     def early_stop_floor(self) -> int:
         """Epochs before early stopping may act (``--min-epochs``, default half of ``--epochs``)."""
         return self.epochs // 2 if self.min_epochs is None else self.min_epochs
+
+    def cache_storage(self) -> str:
+        """How the teacher cache stores features: ``--cache-features``, but always full for ``--co-learn``
+        (its decoder reads the cached embedding as computed)."""
+        return "full" if self.co_learn else self.cache_features
 
     def cache_path(self) -> Path:
         """``--cache``, or ``RUN/teacher_cache.h5``."""

@@ -37,10 +37,11 @@ def prepare_cache(config: MedDistillConfig, session: RunSession, teacher: Any = 
     path = config.cache_path()
     summary: dict = {}
     if session.chief:
-        summary = build_cache(the_teacher(), config.image_dir, config.boxes, path)
+        summary = build_cache(the_teacher(), config.image_dir, config.boxes, path, storage=config.cache_storage())
     barrier(session.strategy)
     if not session.chief and not path.exists():
-        summary = build_cache(the_teacher(), config.image_dir, config.boxes, path, progress=False)
+        summary = build_cache(the_teacher(), config.image_dir, config.boxes, path, progress=False,
+                              storage=config.cache_storage())
     log.info("teacher cache %s: %s", path, summary or "built by the chief")
     return summary
 

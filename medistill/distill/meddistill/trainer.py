@@ -70,6 +70,7 @@ from medistill.distill.meddistill.distiller import (  # noqa: F401  (flip_like_b
     make_step,
     make_validation,
 )
+from medistill.distill.meddistill.noise_floor import teacher_component_floor
 from medistill.distill.meddistill.plots import plot_distillation
 from medistill.distill.meddistill.targets import Prepared, prepare_data
 from medistill.distill.meddistill.trust import assign_trust, quality_weights
@@ -219,6 +220,7 @@ class MedDistillTraining(TrainingMethod):
         from medistill.boxes.boxes_file import check_image_paths, read_boxes
 
         check_image_paths(read_boxes(self.config.boxes), self.config.image_dir)
+        check_cache_storage(self.config)
 
     def prepare(self, session: RunSession) -> int:
         """The teacher's targets (cache or live), the student (its features fix the target grid), trust."""
@@ -323,12 +325,40 @@ class MedDistillTraining(TrainingMethod):
                       "terms (--terms) or a higher --lr; --keep-collapsed keeps it anyway", self.collapse["reason"])
 
     def card(self) -> ModelCard:
-        return ModelCard(self.config.preprocess(), 2)
+        return ModelCard(self.config.preprocess(), 2, min_component=self.noise_floor()["min_component"])
+
+    def noise_floor(self) -> dict[str, Any]:
+        """The card's noise floor from the teacher's training masks (:mod:`.noise_floor`)."""
+        train = self.prepared.train
+        content = [(g.resized_height, g.resized_width) for g in train.geometries]
+        floor = teacher_component_floor(train.soft, content, self.config.noise_floor)
+        return {"factor": self.config.noise_floor, "min_component": floor}
 
     def summary(self) -> dict[str, Any]:
         return run_summary(self.config, self.prepared, self.chosen, self.plan.policy,
                            setup_seconds=self.setup_seconds, train_seconds=self.train_seconds, trust=self.trust,
-                           collapse=self.collapse)
+                           collapse=self.collapse, noise_floor=self.noise_floor())
+
+
+def check_cache_storage(config: MedDistillConfig) -> None:
+    """Refuse, before the run folder is touched, an existing cache whose storage cannot serve the run."""
+    from medistill.teachers.cache import CacheReader
+    from medistill.teachers.cache_storage import serves
+
+    path = config.cache_path()
+    if not path.is_file():
+        return
+    try:
+        with CacheReader(path) as cache:
+            stored = cache.storage
+    except MedistillError:
+        return  # not a readable cache: building it says why
+    if not serves(stored, config.cache_storage()):
+        raise MedistillError(f"{path} stores {stored} features, this run needs {config.cache_storage()} ones"
+                             + (" (--co-learn feeds the cached embedding to the teacher's decoder)"
+                                if config.co_learn else "")
+                             + ": rebuild it with `medistill teach --cache-features full --overwrite`, "
+                             "or give another --cache")
 
 
 def load_initial_weights(student: keras.Model, source: str) -> None:
