@@ -5,7 +5,9 @@ their defaults) and input size (128², 256²), each backend (Keras, ONNX Runtime
 LiteRT) runs the same :class:`medistill.export.Predictor` path (preprocessing, forward,
 activation, restore): batch-1 latency of ``predict(image)`` and batch-16 throughput of
 ``predict_probabilities(predictor, 16 images, batch=16)``, the backends interleaved call by
-call (A, B, C, D, A, B, …), medians. Cold start: a fresh ``python -m medistill predict``
+call (A, B, C, D, A, B, …) with a pause of ``settle`` seconds before each timed call (the
+runtimes' thread pools spin for a while after a call and would otherwise slow whichever
+runtime comes next: measured, up to 2× on a 6 ms call), medians. Cold start: a fresh ``python -m medistill predict``
 process on one image, from its start until the mask file exists, the backends
 interleaved, medians. Speed does not depend on the weights, so the students are built
 from scratch, except the default one at 128², which is trained briefly on real nuclei
@@ -60,17 +62,19 @@ class Settings:
     cold_rounds: int
     train_epochs: int
     tile: int
+    settle: float = 0.05
 
 
-FULL = Settings(sizes=(128, 256), warmup=2, latency_rounds=(7, 21), throughput_rounds=(3, 7), budget=40.0,
+FULL = Settings(sizes=(128, 256), warmup=2, latency_rounds=(21, 41), throughput_rounds=(3, 7), budget=40.0,
                 cold_rounds=5, train_epochs=40, tile=128)
 QUICK = Settings(sizes=(64,), warmup=1, latency_rounds=(2, 2), throughput_rounds=(1, 1), budget=1.0,
-                 cold_rounds=1, train_epochs=2, tile=64)
+                 cold_rounds=1, train_epochs=2, tile=64, settle=0.0)
 
 
 def interleaved(calls: dict[str, Callable[[], object]], rounds: tuple[int, int], budget: float,
-                warmup: int) -> tuple[dict[str, list[float]], str]:
-    """Time each call once per round, in turn; ``(seconds per call name, load before → after)``."""
+                warmup: int, settle: float = 0.0) -> tuple[dict[str, list[float]], str]:
+    """Time each call once per round, in turn, ``settle`` s after the previous one; ``(seconds per call name,
+    load before → after)``."""
     for _ in range(warmup):
         for call in calls.values():
             call()
@@ -79,6 +83,7 @@ def interleaved(calls: dict[str, Callable[[], object]], rounds: tuple[int, int],
     least, most = rounds
     for index in range(most):
         for name, call in calls.items():
+            time.sleep(settle)
             start = time.perf_counter()
             call()
             seconds[name].append(time.perf_counter() - start)
@@ -167,10 +172,10 @@ def measure_speed(run: Path, size: int, settings: Settings) -> dict:
     image = (rng.random((size, size, 1)) * 255).astype(np.float32)
     batch = [(rng.random((size, size, 1)) * 255).astype(np.float32) for _ in range(16)]
     latency, latency_load = interleaved({b: (lambda p=p: p.predict(image)) for b, p in predictors.items()},
-                                        settings.latency_rounds, settings.budget, settings.warmup)
+                                        settings.latency_rounds, settings.budget, settings.warmup, settings.settle)
     throughput, throughput_load = interleaved(
         {b: (lambda p=p: predict_probabilities(p, batch, batch=16)) for b, p in predictors.items()},
-        settings.throughput_rounds, settings.budget, 1)
+        settings.throughput_rounds, settings.budget, 1, settings.settle)
     return {"latency": latency, "throughput": throughput, "load": f"{latency_load}; {throughput_load}"}
 
 
@@ -286,7 +291,9 @@ def report(settings: Settings, speed_rows, cold_rows, quality, ratios, cold, n_t
         "(preprocessing, forward, sigmoid, restore); × Keras = that median / Keras' median; img/s = 16 / median "
         "time of `predict_probabilities(predictor, 16 images, batch=16)`; each student and size is measured in "
         "a fresh child process holding only its four predictors. Rounds = latency / throughput rounds "
-        "(each round calls every backend once, in turn). Export s = time of `medistill export` for that format "
+        "(each round calls every backend once, in turn, each call "
+        f"{1000 * settings.settle:.0f} ms after the previous one ended, so that no runtime's spinning thread pool "
+        "slows the next). Export s = time of `medistill export` for that format "
         "(first run of the script).",
         markdown_table(["student", "size", "backend", "batch-1 ms", "× Keras", "batch-16 img/s", "rounds",
                         "export s", "load (1 min) latency; throughput"], speed_rows),
