@@ -43,7 +43,9 @@ def cached(tmp_path_factory):
     generate_phantoms(root / "ph", 10, size=64, seed=0)
     boxes_path = root / "boxes.json"
     write_boxes(boxes_path, boxes_from_masks(root / "ph" / "masks", root / "ph" / "images"))
-    build_cache(BoxFeatureTeacher(), root / "ph" / "images", boxes_path, root / "cache.h5", progress=False)
+    # full: these tests read the features and co-learn embeddings as the teacher computed them
+    build_cache(BoxFeatureTeacher(), root / "ph" / "images", boxes_path, root / "cache.h5", progress=False,
+                storage="full")
     return {"images": root / "ph" / "images", "boxes": boxes_path, "cache": root / "cache.h5"}
 
 

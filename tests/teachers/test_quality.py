@@ -198,7 +198,7 @@ def test_reader_features(tiny_set, tmp_path):
             out.features, out.feature_stride = np.full((4, 4, 2), 0.25, np.float32), 8
             return out
 
-    build_cache(WithFeatures(), images, boxes_path, tmp_path / "f.h5", progress=False)
+    build_cache(WithFeatures(), images, boxes_path, tmp_path / "f.h5", progress=False, storage="full")
     with CacheReader(tmp_path / "f.h5") as cache:
         assert cache.feature_info("im1") == ((4, 4, 2), 8)
         entry = cache.entry("im1")
