@@ -27,8 +27,8 @@ def run(args: argparse.Namespace) -> int:
 
     predict_and_evaluate(EvalConfig(
         image_dir=args.image_dir, model_path=args.model_path, mask_dir=args.mask_dir,
-        vis_dir=args.vis_dir, out=args.out, pred_dir=args.pred_dir, threshold=args.threshold, noise_floor=args.noise_floor,
-        num_vis=args.num_vis, mask_suffix=args.mask_suffix, mask_mode=args.mask_mode, mask_pattern=args.mask_pattern,
-        batch=args.batch, skip_bad=args.skip_bad,
+        vis_dir=args.vis_dir, out=args.out, pred_dir=args.pred_dir, threshold=args.threshold,
+        noise_floor=args.noise_floor, num_vis=args.num_vis, mask_suffix=args.mask_suffix, mask_mode=args.mask_mode,
+        mask_pattern=args.mask_pattern, batch=args.batch, skip_bad=args.skip_bad,
     ))
     return 0

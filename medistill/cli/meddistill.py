@@ -21,6 +21,7 @@ from medistill.cli.options import json_object
 from medistill.cli.teach_run import add_runtime_arguments, runtime_from_args
 from medistill.distill.terms import DEFAULT_TERMS, SCHEDULES, TERM_NAMES, WEIGHTINGS
 from medistill.errors import MedistillError
+from medistill.teachers.cache_storage import STORAGES
 
 log = logging.getLogger("medistill.distill")
 # The exit status of a run whose student collapsed (kept with --keep-collapsed).
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--teacher", default="litemedsam",
                       help="litemedsam | litemedsam:/path/to.pth | grabcut | sam:<preset-or-dir> | tiny-sam")
     data.add_argument("--cache", help="teacher cache (HDF5) to build or reuse (default OUT/teacher_cache.h5)")
-    data.add_argument("--cache-features", default="compact", choices=("compact", "full"),
+    data.add_argument("--cache-features", default="compact", choices=STORAGES,
                       help="how a new teacher cache stores features: compact (default: pooled 2x2, 8 bits, ~0.3 MB "
                       "an image; exact for students up to 128 px) or full (~2 MB; --co-learn always uses full)")
     data.add_argument("--out", required=True, help="run folder (resumed when it holds the same run)")

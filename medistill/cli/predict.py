@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = PredictConfig(
         model=args.model, inputs=args.inputs, out=args.out, backend=args.backend, axis=args.axis,
-        batch=args.batch, threshold=args.threshold, noise_floor=args.noise_floor, probabilities=args.probabilities, tta=args.tta,
+        batch=args.batch, threshold=args.threshold, noise_floor=args.noise_floor,
+        probabilities=args.probabilities, tta=args.tta,
         largest_component=args.largest_component, min_size=args.min_size, part_id=args.part_id,
         num_parts=args.num_parts)
     print(describe(predict_folder(config), args.out))

@@ -25,6 +25,7 @@ import argparse
 import json
 
 from medistill.cli.teach_run import add_runtime_arguments
+from medistill.teachers.cache_storage import STORAGES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stability: largest move of each box edge, fraction of the box size (default 0.05)")
     parser.add_argument("--jitter-draws", type=int, default=3,
                         help="stability: jittered boxes per box (default 3; 0 turns stability off)")
-    parser.add_argument("--cache-features", default="compact", choices=("compact", "full"),
+    parser.add_argument("--cache-features", default="compact", choices=STORAGES,
                         help="compact (default, ~0.3 MB an image): encoder features pooled 2x2 and stored in 8 bits, "
                         "masks in 8 bits; full (~2 MB): as computed, needed by meddistill.py --co-learn and by "
                         "students of more than 128 px that want the teacher's full feature resolution")

@@ -67,8 +67,8 @@ from medistill.errors import MedistillError
 from medistill.fileio import file_sha256
 from medistill.teachers.base import Teacher, TeacherOutput
 from medistill.teachers.cache_lock import cache_lock, lock_path
-from medistill.teachers.cache_storage import (DEFAULT_STORAGE, check_storage, encode_features, encode_fused,
-                                              encode_masks, serves)
+from medistill.teachers.cache_storage import (DEFAULT_STORAGE, UNRECORDED_STORAGE, check_storage, encode_features,
+                                              encode_fused, encode_masks, serves)
 from medistill.teachers.cache_reader import FORMAT, VERSION, CacheEntry, CacheReader, _format_problem, _text
 from medistill.teachers.pipeline import run_pipeline
 from medistill.teachers.quality import (MaskQuality, QualitySettings, jitter_boxes, mask_quality,
@@ -97,7 +97,7 @@ def provenance(teacher: Teacher, boxes_path: str | os.PathLike, class_names: lis
 # "backend" is recorded, not checked: every fp32 backend passed parity with Keras, so a
 # cache may be resumed with another one. A cache older than the precision attribute is fp32.
 _CHECKED = ("teacher", "weights_hash", "precision", "preprocessing", "boxes_sha256", "quality", "shard", "storage")
-_MISSING_MEANS = {"precision": "fp32", "shard": "", "storage": "full"}
+_MISSING_MEANS = {"precision": "fp32", "shard": "", "storage": UNRECORDED_STORAGE}
 
 
 def _stale_reasons(existing: dict[str, Any], wanted: dict[str, str]) -> list[str]:

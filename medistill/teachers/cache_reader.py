@@ -24,7 +24,7 @@ import numpy as np
 
 from medistill.errors import MedistillError
 from medistill.teachers.cache_lock import _read_holder, lock_path
-from medistill.teachers.cache_storage import decode_features, decode_masks
+from medistill.teachers.cache_storage import UNRECORDED_STORAGE, decode_features, decode_masks
 from medistill.teachers.quality import QUALITY_FIELDS, MaskQuality, QualitySettings, arrays_to_records
 
 FORMAT = "medistill.teacher_cache"
@@ -170,7 +170,7 @@ class CacheReader:
     @property
     def storage(self) -> str:
         """``"compact"`` or ``"full"`` (:mod:`~medistill.teachers.cache_storage`; caches older than the attribute are full)."""
-        return str(self.attrs.get("storage") or "full")
+        return str(self.attrs.get("storage") or UNRECORDED_STORAGE)
 
     @property
     def stems(self) -> list[str]:

@@ -40,6 +40,7 @@ import numpy as np
 
 STORAGES = ("compact", "full")
 DEFAULT_STORAGE = "compact"
+UNRECORDED_STORAGE = "full"  # caches written before the storage attribute existed
 POOL = 2
 
 

@@ -168,9 +168,13 @@ class TrainingLoop:
     def _make_distributed_step(self, step_fn: StepFn):
         strategy = self.strategy
 
+        average = self.average
+
         @tf.function
         def distributed_step(batch):
             per_replica = strategy.run(step_fn, args=(batch,))
+            if average is not None:  # after the step's update, in the same graph call
+                average.update()
             return {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
                     for name, value in per_replica.items()}
 
@@ -187,8 +191,6 @@ class TrainingLoop:
                    leave=False, disable=not self.chief, dynamic_ncols=True)
         for batch in distributed:
             terms = {name: float(value.numpy()) for name, value in self._distributed_step(batch).items()}
-            if self.average is not None:
-                self.average.update()
             self._check_finite(terms, epoch, count)
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value

@@ -295,6 +295,25 @@ def test_the_exported_student_is_the_selected_epoch_not_the_last(phantoms, tmp_p
     assert json.loads((run / "summary.json").read_text())["best_val_dice"] == pytest.approx(0.9)
 
 
+def test_weight_average_reaches_the_loop_and_the_averaged_weights_are_exported(phantoms, tmp_path):
+    """--weight-average: the checkpoint holds the shadows, and student.keras is them, not the live weights."""
+    config = MedDistillConfig(image_dir=str(phantoms["images"]), boxes=str(phantoms["boxes"]), out=str(tmp_path / "a"),
+                              cache=str(phantoms["root"] / "cache.h5"), teacher="ellipse", student="unet",
+                              student_options=TINY, img_size=64, epochs=1, batch=4, seed=0, keep_collapsed=True,
+                              weight_average=0.9)
+    run = train_meddistill(config)
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(run / "checkpoints")))
+    assert reader.get_tensor("weight_average/updates/.ATTRIBUTES/VARIABLE_VALUE") == 10  # one epoch of 10 steps
+    live = build_student("unet", in_channels=1, num_classes=1, **TINY)
+    tf.train.Checkpoint(model=live).restore(tf.train.latest_checkpoint(str(run / "checkpoints"))).expect_partial()
+    exported = keras.saving.load_model(run / "student.keras", compile=False)
+    floats = [i for i, w in enumerate(live.weights) if w.dtype == "float32"]
+    shadows = [reader.get_tensor(f"weight_average/shadows/{k}/.ATTRIBUTES/VARIABLE_VALUE") for k in range(len(floats))]
+    for k, index in enumerate(floats):  # one epoch: the best epoch's average is the last one
+        np.testing.assert_allclose(exported.weights[index].numpy(), shadows[k], rtol=1e-6)
+    assert not all(np.allclose(live.weights[i].numpy(), shadows[k]) for k, i in enumerate(floats))
+
+
 def test_the_default_terms_train_inside_tf_function_with_a_feature_teacher(phantoms, tmp_path):
     """Every default term, the feature term included, through the compiled training step."""
     config = MedDistillConfig(image_dir=str(phantoms["images"]), boxes=str(phantoms["boxes"]), out=str(tmp_path / "f"),

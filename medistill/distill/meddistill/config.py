@@ -23,6 +23,7 @@ from typing import Any
 from medistill.data.preprocess import PreprocessConfig
 from medistill.distill.terms import DEFAULT_TERMS, SCHEDULES, TERM_NAMES, WEIGHTINGS
 from medistill.errors import MedistillError
+from medistill.teachers.cache_storage import STORAGES
 from medistill.train.config import RESUMABLE_CHANGES as TRAIN_RESUMABLE_CHANGES
 from medistill.train.config import TrainConfig, check_settings, common_checks
 from medistill.train.run_folder import register_run_config
@@ -126,7 +127,7 @@ class MedDistillConfig:
             (self.min_epochs is None or self.min_epochs >= 0, "--min-epochs must be 0 or more"),
             (self.rounds >= 1, "--rounds must be at least 1"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
-            (self.cache_features in ("compact", "full"), "--cache-features must be compact or full"),
+            (self.cache_features in STORAGES, f"--cache-features must be one of {', '.join(STORAGES)}"),
             (self.noise_floor >= 0, "--noise-floor must be 0 (off) or a positive factor (default 0.25)"),
             (0.0 <= self.weight_average < 1.0, "--weight-average must be in [0, 1) (0: off; e.g. 0.99)"),
             *runtime_checks(self.teacher_runtime),

@@ -5,7 +5,8 @@ pixels of foreground on an image where the teacher sees nothing (on the demo's
 lesion-free phantoms these false positives were the main gap to the teacher). The
 teacher's own masks on the training images say how small a real target gets: with
 ``a`` the areas of the connected components of every training target (soft mask > 0.5,
-as a fraction of the image's content pixels),
+face-connected as in :mod:`medistill.predict.postprocess`, as a fraction of the image's
+content pixels),
 
     min_component = factor · percentile_5(a)          (factor 0.25 by default)
 
@@ -29,6 +30,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from medistill.predict.postprocess import components
+
 DEFAULT_FACTOR = 0.25
 PERCENTILE = 5.0
 
@@ -38,14 +41,10 @@ def component_fractions(soft: np.ndarray, content: Sequence[tuple[int, int]]) ->
 
     ``content[i]`` is the (height, width) of image ``i`` inside its padded square.
     """
-    from scipy import ndimage
-
     fractions = []
     for mask, (height, width) in zip(soft, content):
-        components, count = ndimage.label(mask[:height, :width] > 0.5)
-        if count:
-            sizes = np.bincount(components.ravel())[1:]
-            fractions.extend(sizes / float(height * width))
+        sizes = components(mask[:height, :width] > 0.5)[1][1:]
+        fractions.extend(sizes / float(height * width))
     return np.asarray(fractions, np.float64)
 
 

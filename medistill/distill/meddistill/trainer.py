@@ -50,6 +50,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -325,10 +326,11 @@ class MedDistillTraining(TrainingMethod):
                       "terms (--terms) or a higher --lr; --keep-collapsed keeps it anyway", self.collapse["reason"])
 
     def card(self) -> ModelCard:
-        return ModelCard(self.config.preprocess(), 2, min_component=self.noise_floor()["min_component"])
+        return ModelCard(self.config.preprocess(), 2, min_component=self.noise_floor["min_component"])
 
+    @functools.cached_property
     def noise_floor(self) -> dict[str, Any]:
-        """The card's noise floor from the teacher's training masks (:mod:`.noise_floor`)."""
+        """The card's noise floor from the teacher's training masks (:mod:`.noise_floor`), computed once."""
         train = self.prepared.train
         content = [(g.resized_height, g.resized_width) for g in train.geometries]
         floor = teacher_component_floor(train.soft, content, self.config.noise_floor)
@@ -337,7 +339,7 @@ class MedDistillTraining(TrainingMethod):
     def summary(self) -> dict[str, Any]:
         return run_summary(self.config, self.prepared, self.chosen, self.plan.policy,
                            setup_seconds=self.setup_seconds, train_seconds=self.train_seconds, trust=self.trust,
-                           collapse=self.collapse, noise_floor=self.noise_floor())
+                           collapse=self.collapse, noise_floor=self.noise_floor)
 
 
 def check_cache_storage(config: MedDistillConfig) -> None:

@@ -165,7 +165,8 @@ class _SSCDBase(EndlessStream, Recipe):
         from medistill.train.schedules import learning_rate
 
         config = self.context.config
-        rate = learning_rate(float(self.options["sgd_lr"]), config.schedule, config.epochs * self.context.steps_per_epoch)
+        steps = config.epochs * self.context.steps_per_epoch
+        rate = learning_rate(float(self.options["sgd_lr"]), config.schedule, steps)
         optimizer = keras.optimizers.SGD(rate, momentum=float(self.options["momentum"]),
                                          weight_decay=float(self.options["sgd_weight_decay"]) or None)
         optimizer = wrap_optimizer(optimizer, self.context.policy)
