@@ -59,6 +59,9 @@ def main() -> None:
                              "(without it a --work folder that already holds runs is refused)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="seeds of the students (default: the plan's, 0 1 2; the teachers use the first)")
+    parser.add_argument("--variant-seeds", type=int, default=None,
+                        help="run the variants (sikd-noclip, sscd-exchange, ...) with the first N seeds only "
+                             "(default: every seed)")
     args = parser.parse_args()
     if args.work is not None and (args.work / "runs").is_dir() and any((args.work / "runs").iterdir()) \
             and not args.resume:
@@ -68,6 +71,8 @@ def main() -> None:
     plan = QUICK if args.quick else FULL
     if args.seeds:
         plan = dataclasses.replace(plan, seeds=tuple(args.seeds))
+    if args.variant_seeds:
+        plan = dataclasses.replace(plan, variant_seeds=args.variant_seeds)
     start = time.monotonic()
     deadline = start + args.deadline_minutes * 60 if args.deadline_minutes else None
     with tempfile.TemporaryDirectory(prefix="medistill-bench-recipes-") as scratch:

@@ -67,7 +67,7 @@ def build_jobs(work: Path, plan: Plan, datasets: Sequence[str], methods: Sequenc
             "--out", str(work / "runs" / f"{dataset}_teacher"))))
     for variants in (False, True):
         jobs += [method_job(work, plan, dataset, method, seed) for seed in plan.seeds for dataset in datasets
-                 for method in methods if (method in VARIANTS) == variants]
+                 for method in methods if (method in VARIANTS) == variants and seed in plan.seeds_of(method)]
     return jobs
 
 

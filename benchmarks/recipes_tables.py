@@ -140,6 +140,8 @@ def method_notes(descriptions: dict[str, str], plan: Plan, commands: CommandLog,
                  workers: int, outcomes: dict[str, Outcome], not_started: Sequence[str], finished: bool) -> str:
     """Data sets, settings, what was cut, failures and every command, for the RESULTS.md section."""
     lines = []
+    variant_seeds = (f"seeds {', '.join(map(str, plan.seeds[:plan.variant_seeds]))} only" if plan.variant_seeds
+                     else "same seeds")
     if not finished:
         lines += [f"**Partial:** {len(outcomes)} runs finished so far; the script is still running.", ""]
     lines.append("Data sets:")
@@ -180,7 +182,7 @@ def method_notes(descriptions: dict[str, str], plan: Plan, commands: CommandLog,
         f"{plan.latency_repeats} calls after 3 warm-up calls, measured after all training, one model at a "
         "time (CPU only). Params are those of the exported model.",
         "",
-        "Variants (after every recipe at its defaults, same seeds): *sikd-noclip* is SIKD with "
+        f"Variants (after every recipe at its defaults, {variant_seeds}): *sikd-noclip* is SIKD with "
         "`--recipe-options '{\"clip_norm\": 0.0}'` (no gradient clipping; the default clips the global norm "
         "at 1.0, as the released code does), reusing SIKD's teacher; *sscd-exchange* is SSCD with "
         "`'{\"patch_exchange\": true}'`, with the same teacher as *sscd*"

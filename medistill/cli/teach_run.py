@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from medistill.errors import MedistillError
+from medistill.runtimes import PRECISIONS
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +34,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                        help="keras (TensorFlow), onnxruntime or openvino (LiteMedSAM exported once next to its "
                        "converted weights, then reused); auto: the fastest that passed the parity tests on this "
                        "project's machines (README, Teacher backends)")
-    group.add_argument("--teacher-precision", default="fp32", choices=("fp32", "bf16"),
+    group.add_argument("--teacher-precision", default="fp32", choices=PRECISIONS,
                        help="bf16 only with --teacher-backend openvino (masks within the documented tolerance)")
     group.add_argument("--teacher-batch", type=int,
                        help="images per encoder call (default: the backend's, 1 where batching was not faster)")

@@ -26,6 +26,7 @@ import numpy as np
 
 from medistill.errors import CheckpointError
 from medistill.export import ModelCard, Predictor, load_predictor, read_card
+from medistill.runtimes import check_precision, openvino_cpu_config
 
 log = logging.getLogger("medistill.predict")
 
@@ -83,24 +84,31 @@ def resolve_model(model: str | os.PathLike, backend: str = "auto") -> tuple[Path
     return candidate, backend
 
 
-def open_predictor(model: str | os.PathLike, backend: str = "auto") -> Predictor:
-    """A :class:`Predictor` for ``model`` on ``backend`` (see the module docstring)."""
+def open_predictor(model: str | os.PathLike, backend: str = "auto", precision: str = "fp32") -> Predictor:
+    """A :class:`Predictor` for ``model`` on ``backend`` (see the module docstring).
+
+    ``precision="bf16"`` (OpenVINO only) computes in bfloat16 on CPUs with bf16 units:
+    faster, with probabilities that move slightly (README, "Use your model").
+    """
     path, backend = resolve_model(model, backend)
+    check_precision(precision, backend)
     if backend == "keras":
         return load_predictor(path)
     card = read_card(path)
     log.warning("%s is a compiled %s graph: the runtime executes it as given. Load only files that you or "
                 "medistill exported (a file from a stranger is a program from a stranger).", path, backend)
-    forward = runtime_forward(path, backend)
+    forward = runtime_forward(path, backend, precision)
     _check_input(forward, card, path)
     return Predictor(forward, card, path)
 
 
-def runtime_forward(path: Path, backend: str) -> Callable[[np.ndarray], np.ndarray]:
+def runtime_forward(path: Path, backend: str, precision: str = "fp32") -> Callable[[np.ndarray], np.ndarray]:
     """The forward pass of an exported file: float32 ``(B, S, S, C)`` → logits ``(B, S, S, K)``."""
-    openers = {"onnxruntime": _OnnxRuntime, "openvino": _OpenVino, "litert": _LiteRT}
+    check_precision(precision, backend)
     try:
-        return openers[backend](path)
+        if backend == "openvino":
+            return _OpenVino(path, precision)
+        return {"onnxruntime": _OnnxRuntime, "litert": _LiteRT}[backend](path)
     except CheckpointError:
         raise
     except Exception as error:  # each runtime raises its own types for a damaged file
@@ -130,11 +138,10 @@ class _OnnxRuntime:
 
 
 class _OpenVino:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, precision: str = "fp32") -> None:
         import openvino
 
-        # f32: on CPUs with bf16 units OpenVINO otherwise computes in bf16 (logits off by ~0.03).
-        self._model = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        self._model = openvino.Core().compile_model(str(path), "CPU", openvino_cpu_config(precision))
         shape = self._model.inputs[0].get_partial_shape()
         self.input_shape = tuple(d.get_length() if d.is_static else None for d in shape)
         self._output = self._model.output(0)

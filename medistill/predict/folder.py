@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from medistill.data.io import read_image, volume_shape, write_mask_png
 from medistill.errors import MedistillError
+from medistill.runtimes import check_precision
 from medistill.export import Predictor
 from medistill.fileio import atomic_path, write_json_atomic
 from medistill.locking import acquire_lock, release_lock
@@ -47,6 +48,7 @@ class PredictConfig:
     inputs: str
     out: str
     backend: str = "auto"
+    precision: str = "fp32"
     axis: int = 2
     batch: int = 8
     threshold: float = 0.5
@@ -67,13 +69,16 @@ class PredictConfig:
             raise MedistillError(f"--threshold is a probability: it must lie in (0, 1), got {self.threshold}")
         if self.min_size < 0:
             raise MedistillError(f"--min-size must be 0 (off) or a number of pixels, got {self.min_size}")
+        if self.precision != "fp32":  # fp32 runs everywhere; another precision needs its backend known
+            check_precision(self.precision, resolve_model(self.model, self.backend)[1])
 
     def mask_settings(self) -> dict:
-        """What decides the masks (the backend does not: runtimes agree within tolerance)."""
+        """What decides the masks (the backend does not: runtimes agree within tolerance; a lower
+        precision is recorded, so that a folder never mixes its masks with fp32 ones)."""
         return {"model": str(Path(self.model).expanduser().resolve()), "threshold": self.threshold,
                 "noise_floor": self.noise_floor,
                 "tta": self.tta, "largest_component": self.largest_component, "min_size": self.min_size,
-                "axis": self.axis}
+                "axis": self.axis, **({"precision": self.precision} if self.precision != "fp32" else {})}
 
 
 def predict_folder(config: PredictConfig) -> dict[str, int]:
@@ -86,7 +91,7 @@ def predict_folder(config: PredictConfig) -> dict[str, int]:
     _check_marker(out, settings, every_input, config.probabilities)
     inputs = shard(every_input, config.part_id, config.num_parts)
     slices = {item.path: volume_shape(item.path)[config.axis] for item in inputs if item.is_volume}
-    predictor = open_predictor(config.model, config.backend)
+    predictor = open_predictor(config.model, config.backend, config.precision)
     lock = acquire_lock(out / f".medistill-predict-part-{config.part_id}-of-{config.num_parts}.lock",
                         f"output folder {out}")
     try:

@@ -30,13 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from medistill.errors import MedistillError
+from medistill.runtimes import PRECISIONS
 from medistill.teachers.base import Teacher
 
 TeacherFactory = Callable[..., Teacher]
 _FACTORIES: dict[str, TeacherFactory] = {}
 _TAKES_RUNTIME: set[str] = set()
 BACKEND_CHOICES = ("auto", "keras", "onnxruntime", "openvino")
-PRECISION_CHOICES = ("fp32", "bf16")
 RESIZE_CHOICES = ("area", "bilinear")
 
 
@@ -57,9 +57,9 @@ class TeacherRuntime:
     def __post_init__(self) -> None:
         if self.backend not in BACKEND_CHOICES:
             raise MedistillError(f"--teacher-backend {self.backend!r} is not one of {', '.join(BACKEND_CHOICES)}")
-        if self.precision not in PRECISION_CHOICES:
+        if self.precision not in PRECISIONS:
             raise MedistillError(f"--teacher-precision {self.precision!r} is not one of "
-                                 f"{', '.join(PRECISION_CHOICES)}")
+                                 f"{', '.join(PRECISIONS)}")
         if self.resize not in RESIZE_CHOICES:
             raise MedistillError(f"--teacher-resize {self.resize!r} is not one of {', '.join(RESIZE_CHOICES)}")
         for name in ("encode_batch", "threads"):

@@ -131,3 +131,42 @@ def test_loading_an_exported_graph_warns_that_it_is_code(exported_run, caplog):
     finally:
         logger.propagate = propagate
     assert "Load only files that you or medistill exported" in caplog.text
+
+
+def _cpu_has_bf16() -> bool:
+    import openvino
+
+    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def test_openvino_in_bf16_computes_in_bf16_and_keeps_the_masks_within_tolerance(exported_run, nuclei_tiles):
+    images = [t.image[..., None].astype(np.float32) for t in nuclei_tiles[-8:]]
+    keras_probs = predict_probabilities(load_predictor(exported_run), images, batch=3)
+    runtime = open_predictor(exported_run, "openvino", "bf16")
+    hint = runtime._forward._model.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    assert hint == ("bf16" if _cpu_has_bf16() else "f32"), hint  # the option reached the compiled model
+    fp32 = open_predictor(exported_run, "openvino")._forward._model
+    assert fp32.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
+    probs = predict_probabilities(runtime, images, batch=3)
+    differing = sum(int((runtime.labels(p) != runtime.labels(e)).sum()) for p, e in zip(probs, keras_probs))
+    assert differing <= 5e-3 * sum(p.size for p in keras_probs)  # README, "Use your model": 99.5 % of the pixels
+    assert max(float(np.abs(p - e).max()) for p, e in zip(probs, keras_probs)) < 0.1
+
+
+def test_a_lower_precision_is_refused_where_the_runtime_has_none_and_never_mixed_into_a_folder(
+        exported_run, image_folder, tmp_path):
+    from medistill.predict.folder import PredictConfig, predict_folder
+
+    out = tmp_path / "out"
+    for backend in ("keras", "onnxruntime", "litert"):
+        with pytest.raises(MedistillError, match=f"--precision bf16 runs only with --backend openvino, not {backend}"):
+            PredictConfig(model=str(exported_run), inputs=str(image_folder), out=str(out), backend=backend,
+                          precision="bf16")
+        with pytest.raises(MedistillError, match="runs only with --backend openvino"):
+            open_predictor(exported_run, backend, "bf16")
+    assert not out.exists()
+    predict_folder(PredictConfig(model=str(exported_run), inputs=str(image_folder), out=str(out),
+                                 backend="openvino"))
+    with pytest.raises(MedistillError, match="other settings"):
+        predict_folder(PredictConfig(model=str(exported_run), inputs=str(image_folder), out=str(out),
+                                     backend="openvino", precision="bf16"))

@@ -40,10 +40,10 @@ import numpy as np
 
 from medistill.errors import MedistillError
 from medistill.fileio import file_sha256
+from medistill.runtimes import check_precision, openvino_cpu_config
 
 LOG = logging.getLogger("medistill.teachers")
 BACKENDS = ("keras", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "bf16")
 # The backend ``--teacher-backend auto`` picks, and images per encoder call for each: set
 # from benchmarks/bench_teachers.py on this project's machines (see benchmarks/RESULTS.md).
 DEFAULT_BACKEND = "keras"
@@ -59,11 +59,7 @@ def check_backend(backend: str, precision: str = "fp32") -> None:
     """Raise :class:`MedistillError` for an unknown backend or precision, or a pair that does not exist."""
     if backend not in BACKENDS:
         raise MedistillError(f"--teacher-backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise MedistillError(f"--teacher-precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if precision == "bf16" and backend != "openvino":
-        raise MedistillError(f"--teacher-precision bf16 runs only with --teacher-backend openvino, "
-                             f"not {backend}; use fp32 there")
+    check_precision(precision, backend, option="--teacher-precision", backend_option="--teacher-backend")
 
 
 # --------------------------------------------------------------------------- Keras
@@ -255,10 +251,7 @@ class OpenVinoRunner:
         import openvino as ov
 
         core = ov.Core()
-        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                  "PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
+        config = openvino_cpu_config(precision, threads)
         self._encoder = core.compile_model(str(folder / "encoder.xml"), "CPU", config)
         self._decoder = core.compile_model(str(folder / "decoder.xml"), "CPU", config)
 
