@@ -34,12 +34,23 @@ from common import CommandLog, argument_parser, command_line, publish, results_p
 from recipes_figures import draw_curves
 from recipes_jobs import Outcome, build_jobs, run_jobs
 from recipes_plan import (CURVES_PNG, DATASET_BUILDERS, DEFAULT_DATASETS, FULL, METHODS, QUICK, SECTION_KEY,
-                          SECTION_TITLE, TEACHER)
+                          SECTION_TITLE, TEACHER, VARIANTS)
 from recipes_tables import measure_costs, method_notes, results_table
 
 # ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
+
+
+def variant_limits(parser, texts: list[str]) -> tuple[tuple[str, int], ...]:
+    """``--variant-seeds`` as ``((name or "*", N), ...)``; a bad entry is a usage error."""
+    limits = []
+    for text in texts:
+        name, _, count = text.rpartition("=")
+        if (name and name not in VARIANTS) or not count.isdigit() or int(count) < 1:
+            parser.error(f"--variant-seeds {text!r}: give N or NAME=N (N >= 1, NAME one of {', '.join(VARIANTS)})")
+        limits.append((name or "*", int(count)))
+    return tuple(limits)
 
 
 def main() -> None:
@@ -59,9 +70,9 @@ def main() -> None:
                              "(without it a --work folder that already holds runs is refused)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="seeds of the students (default: the plan's, 0 1 2; the teachers use the first)")
-    parser.add_argument("--variant-seeds", type=int, default=None,
-                        help="run the variants (sikd-noclip, sscd-exchange, ...) with the first N seeds only "
-                             "(default: every seed)")
+    parser.add_argument("--variant-seeds", nargs="+", default=[], metavar="[NAME=]N",
+                        help="run the variants (sikd-noclip, sscd-exchange, ...) with their first N seeds only: "
+                             "N for every variant, NAME=N for one (default: every seed)")
     args = parser.parse_args()
     if args.work is not None and (args.work / "runs").is_dir() and any((args.work / "runs").iterdir()) \
             and not args.resume:
@@ -72,7 +83,7 @@ def main() -> None:
     if args.seeds:
         plan = dataclasses.replace(plan, seeds=tuple(args.seeds))
     if args.variant_seeds:
-        plan = dataclasses.replace(plan, variant_seeds=args.variant_seeds)
+        plan = dataclasses.replace(plan, variant_seeds=variant_limits(parser, args.variant_seeds))
     start = time.monotonic()
     deadline = start + args.deadline_minutes * 60 if args.deadline_minutes else None
     with tempfile.TemporaryDirectory(prefix="medistill-bench-recipes-") as scratch:

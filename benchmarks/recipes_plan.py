@@ -20,7 +20,9 @@ VARIANTS = {"sikd-noclip": ("sikd", {"clip_norm": 0.0}), "sscd-exchange": ("sscd
             "kamsd-1scale": ("kamsd", {"scales": 1}), "kamsd-noadapter": ("kamsd", {"adapter_weight": 0.0}),
             "kamsd-noboundary": ("kamsd", {"boundary": False}), "sikd-fw0.5": ("sikd", {"feature_weight": 0.5}),
             "sikd-dice": ("sikd", {"dice": True}), "sscd-nocurriculum": ("sscd", {"curriculum": False}),
-            "sscd-curriculum": ("sscd", {"curriculum": True})}
+            "sscd-curriculum": ("sscd", {"curriculum": True}),
+            "kamsd-main": ("kamsd", {"scales": 1, "boundary": False}),
+            "cakd-mskd-main": ("cakd-mskd", {"scale_weights": [1.0]})}
 METHODS = (BASELINE, *RECIPES, *VARIANTS)
 CURVES_PNG = Path(__file__).resolve().parent / "recipes_curves.png"
 
@@ -61,11 +63,16 @@ class Plan:
     mni152_gap: int
     mni152_train_step: int
     latency_repeats: int
-    variant_seeds: int | None = None  # the variants run with the first N seeds only (None: every seed)
+    variant_seeds: tuple[tuple[str, int], ...] = ()  # (variant or "*", N): its first N seeds only
 
     def seeds_of(self, method: str) -> tuple[int, ...]:
-        """The seeds ``method`` runs with: every seed, or the first ``variant_seeds`` for a variant."""
-        return self.seeds[:self.variant_seeds] if method in VARIANTS and self.variant_seeds else self.seeds
+        """The seeds ``method`` runs with: every seed, or the first N that ``variant_seeds`` gives a variant
+        (by its name, else by ``"*"``)."""
+        if method not in VARIANTS:
+            return self.seeds
+        limits = dict(self.variant_seeds)
+        count = limits.get(method, limits.get("*"))
+        return self.seeds[:count] if count else self.seeds
 
 
 FULL = Plan(  # phantoms: 40 epochs, since at 20 the 8-filter baseline had not begun to find the lesions (val Dice 0.04)

@@ -11,7 +11,7 @@ from common import CommandLog, Timing, markdown_table, time_runs
 from figures import finite, mean_sd
 from recipes_figures import acceptance_lines, flattening, validation_curve
 from recipes_jobs import Outcome
-from recipes_plan import BASELINE, CURVES_PNG, METHODS, SIKD_TEACHER, TEACHER, Plan
+from recipes_plan import BASELINE, CURVES_PNG, METHODS, SIKD_TEACHER, TEACHER, VARIANTS, Plan
 
 # ---------------------------------------------------------------------------
 # Latency and parameters of the exported models (in this process)
@@ -140,8 +140,9 @@ def method_notes(descriptions: dict[str, str], plan: Plan, commands: CommandLog,
                  workers: int, outcomes: dict[str, Outcome], not_started: Sequence[str], finished: bool) -> str:
     """Data sets, settings, what was cut, failures and every command, for the RESULTS.md section."""
     lines = []
-    variant_seeds = (f"seeds {', '.join(map(str, plan.seeds[:plan.variant_seeds]))} only" if plan.variant_seeds
-                     else "same seeds")
+    limited = [f"*{name}* seed(s) {', '.join(map(str, plan.seeds_of(name)))} only" for name in VARIANTS
+                   if plan.seeds_of(name) != plan.seeds and any(o.job.method == name for o in outcomes.values())]
+    variant_seeds = "same seeds" + (f", except {'; '.join(limited)}" if limited else "")
     if not finished:
         lines += [f"**Partial:** {len(outcomes)} runs finished so far; the script is still running.", ""]
     lines.append("Data sets:")
@@ -192,7 +193,10 @@ def method_notes(descriptions: dict[str, str], plan: Plan, commands: CommandLog,
         "*kamsd-noadapter* (`adapter_weight` 0) and *kamsd-noboundary* (`boundary` false) drop one KAMSD term each; "
         "*sikd-fw0.5* is SIKD with `feature_weight` 0.5 instead of 2; *sikd-dice* adds the Dice term to SIKD's CE (`dice` true); *sscd-nocurriculum* trains SSCD's finest head "
         "alone from the first epoch (`curriculum` false, the default since 5ba730b); *sscd-curriculum* is the "
-        "paper's coarse-to-fine curriculum (`curriculum` true).",
+        "paper's coarse-to-fine curriculum (`curriculum` true); *kamsd-main* is KAMSD on the main head only "
+        "(`scales` 1: its supervision and temperature distillation; the adapters kept) without the boundary "
+        "head (`boundary` false); *cakd-mskd-main* gives CAKD+MSKD's whole Dice, CAKD and MSKD weight to the main "
+        "head (`scale_weights` [1.0]).",
         "",
         "Cut for time (the whole script is sized for about 60 minutes on 2 shared CPU cores): "
         f"{plan.phantom_counts[0]} training phantoms and one MNI152 slice in {plan.mni152_train_step}, "
