@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 _home = tempfile.mkdtemp(prefix="medistill-test-home-")
+atexit.register(shutil.rmtree, _home, ignore_errors=True)  # this session's own folder, gone at exit
 os.environ.setdefault("KERAS_HOME", os.path.join(_home, "keras"))
 os.environ.setdefault("MPLCONFIGDIR", os.path.join(_home, "matplotlib"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -12,7 +12,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "medistill"
 
 LAYERS = [
-    {"__init__", "errors", "fileio", "locking", "console", "distribute"},
+    {"__init__", "errors", "fileio", "locking", "console", "distribute", "runtimes"},
     {"data"},
     {"networks", "losses", "boxes"},
     {"export", "teachers"},
