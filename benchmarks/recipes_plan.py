@@ -77,7 +77,8 @@ class Plan:
 
 FULL = Plan(  # phantoms: 40 epochs, since at 20 the 8-filter baseline had not begun to find the lesions (val Dice 0.04)
     settings={"phantoms": DataSettings(img_size=64, epochs=40, teacher_epochs=40, batch=8, val_fraction=0.2),
-              "mni152": DataSettings(img_size=64, epochs=20, teacher_epochs=25, batch=8, val_fraction=0.2)},
+              "mni152": DataSettings(img_size=64, epochs=20, teacher_epochs=25, batch=8, val_fraction=0.2),
+              "nuclei": DataSettings(img_size=64, epochs=20, teacher_epochs=25, batch=8, val_fraction=0.2)},
     student=Network("unet", {"base_filters": 8}),
     teacher=Network("unet", {"base_filters": 16, "deep_supervision": True}),
     seeds=(0, 1, 2), labelled_fraction=1.0,
@@ -87,7 +88,8 @@ FULL = Plan(  # phantoms: 40 epochs, since at 20 the 8-filter baseline had not b
 )
 QUICK = Plan(
     settings={"phantoms": DataSettings(img_size=64, epochs=1, teacher_epochs=1, batch=4, val_fraction=0.25),
-              "mni152": DataSettings(img_size=64, epochs=1, teacher_epochs=1, batch=4, val_fraction=0.25)},
+              "mni152": DataSettings(img_size=64, epochs=1, teacher_epochs=1, batch=4, val_fraction=0.25),
+              "nuclei": DataSettings(img_size=64, epochs=1, teacher_epochs=1, batch=4, val_fraction=0.25)},
     student=Network("unet", {"base_filters": 4, "depth": 2}),
     teacher=Network("unet", {"base_filters": 4, "depth": 2, "deep_supervision": True}),
     seeds=(0,), labelled_fraction=1.0,
@@ -132,7 +134,22 @@ def prepare_mni152(root: Path, plan: Plan, commands: CommandLog) -> str:
             "`predict_eval.py`'s mean foreground Dice (grey and white matter averaged per image)")
 
 
+def prepare_nuclei(root: Path, plan: Plan, commands: CommandLog) -> str:
+    """Binary nuclei: stardist's image in 64-px tiles; the bottom two rows of tiles are the test set."""
+    export = root.parent / "nuclei_export"
+    commands.run(["-m", "medistill", "sources", "--name", "nuclei", "--tile", "64", "--out", str(export),
+                  "--overwrite"], root.parent / "nuclei_export.log")
+    stems = exported_stems(export)
+    rows = sorted({stem.split("_x")[0] for stem in stems})
+    test = [stem for stem in stems if stem.split("_x")[0] in rows[-2:]]
+    copy_pairs(export, [stem for stem in stems if stem not in test], root / "train")
+    copy_pairs(export, test, root / "test")
+    return (f"stardist DSB-2018 nuclei image (512 px) in {len(stems)} tiles of 64 px, binary nuclei masks; "
+            f"test = the bottom two rows of tiles ({len(test)}), train = the {len(stems) - len(test)} above")
+
+
 DATASET_BUILDERS: dict[str, Callable[[Path, Plan, CommandLog], str]] = {
     "phantoms": prepare_phantoms,
     "mni152": prepare_mni152,
+    "nuclei": prepare_nuclei,
 }
