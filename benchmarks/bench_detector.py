@@ -19,7 +19,7 @@ from pathlib import Path
 
 import common
 from common import (CommandLog, argument_parser, copy_pairs, exported_stems, load_average, markdown_table,
-                    publish)
+                    publish, tile_row, tile_rows)
 
 SECTION_KEY = "detector"
 SECTION_TITLE = "Box detector (YOLO from scratch): training time, mAP50, box recall"
@@ -90,9 +90,9 @@ def prepare_nuclei(root: Path, plan: Plan, commands: CommandLog) -> str:
     commands.run(["-m", "medistill", "sources", "--name", "nuclei", "--tile", str(tile), "--out",
                   str(export), "--overwrite"], root.parent / "nuclei_export.log")
     stems = exported_stems(export)
-    rows = sorted({s.split("_x")[0] for s in stems})
-    test = [s for s in stems if s.startswith(rows[-1] + "_")]
-    val = [s for s in stems if s.startswith(rows[-2] + "_")]
+    rows = tile_rows(stems)
+    test = [s for s in stems if tile_row(s) == rows[-1]]
+    val = [s for s in stems if tile_row(s) == rows[-2]]
     train = [s for s in stems if s not in test and s not in val]
     for split, chosen in (("train", train), ("val", val), ("test", test)):
         copy_pairs(export, chosen, root / split)

@@ -40,6 +40,7 @@ from medistill.data.preprocess import PreprocessConfig, preprocess_image, prepro
 from medistill.data.sources import read_nuclei
 from medistill.export import ModelCard, load_predictor, save_model_artifacts
 from medistill.predict.backends import BACKENDS, FORMATS, open_predictor
+from medistill.runtimes import LOWER_PRECISION_BACKENDS, PRECISIONS
 from medistill.predict.engine import predict_probabilities
 from medistill.predict.exporter import export_model
 from medistill.predict.postprocess import clean_labels
@@ -48,9 +49,11 @@ SECTION_KEY = "predict"
 SECTION_TITLE = "Using the student: `medistill predict` backends (latency, throughput, cold start, parity)"
 STUDENT_OPTIONS = {"unet": {"base_filters": 16}, "lcovnet": {}, "unetpp": {}}
 DEFAULT_STUDENT = "unet"
-# What is timed: every backend in fp32, and OpenVINO in bf16 (`medistill predict --precision bf16`).
-RUNTIMES = {**{backend: (backend, "fp32") for backend in BACKENDS[:3]}, "openvino-bf16": ("openvino", "bf16"),
-            **{backend: (backend, "fp32") for backend in BACKENDS[3:]}}
+# What is timed: every backend in fp32, and each lower precision a backend offers (`openvino-bf16`:
+# `medistill predict --backend openvino --precision bf16`).
+RUNTIMES = {backend if precision == "fp32" else f"{backend}-{precision}": (backend, precision)
+            for backend in BACKENDS for precision in PRECISIONS
+            if precision == "fp32" or backend in LOWER_PRECISION_BACKENDS}
 # Share of mask pixels that may differ from Keras' masks (README, "Use your model").
 MASK_TOLERANCE = {"fp32": 1e-4, "bf16": 5e-3}
 

@@ -40,6 +40,7 @@ SECTION_KEY = "predict-options"
 SECTION_TITLE = "`medistill predict` options on trained students: bf16, flips, post-processing"
 RUNTIMES = {"keras": ("keras", "fp32"), "openvino": ("openvino", "fp32"), "openvino-bf16": ("openvino", "bf16")}
 CLEANING = {"--min-size 20": {"min_size": 20}, "--largest-component": {"largest_component": True}}
+COPY_MARKER = ".bench_predict_options-copy"  # written into each copy: only such folders are ever replaced
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -64,11 +65,14 @@ def read_test_set(test: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 
 def measure(name: str, run: Path, test: Path, work: Path) -> dict:
-    copy = work / name.replace(" ", "_")
+    copy = work / "copies" / name.replace(" ", "_")
     if not (copy / "exports" / "model.xml").is_file():
-        shutil.rmtree(copy, ignore_errors=True)  # the script's own copy: never the run itself
+        if copy.exists() and not (copy / COPY_MARKER).is_file():
+            raise SystemExit(f"{copy} exists and this script did not make it: choose another --work")
+        shutil.rmtree(copy, ignore_errors=True)  # an unfinished copy of this script's own
         shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints", "*.h5", "rounds", "eval*",
                                                                  "exports", "tensorboard"))
+        (copy / COPY_MARKER).write_text(f"copy of {run}\n")
         export_model(copy, "openvino")
     images, truths = read_test_set(test)
     row: dict = {"name": name, "pixels": sum(t.size for t in truths)}
@@ -133,11 +137,12 @@ def main() -> None:
     parser = argument_parser(__doc__.splitlines()[0])
     parser.add_argument("--student", action="append", required=True,
                         help="NAME=RUN_FOLDER:TEST_FOLDER (TEST_FOLDER holds images/ and masks/); repeat")
-    parser.add_argument("--work", type=Path, required=True, help="folder for the copies of the runs and exports")
+    parser.add_argument("--work", type=Path, required=True,
+                        help="folder for the copies of the runs and their exports (WORK/copies/) and rows.json")
     args = parser.parse_args()
     students = [parse_student(text) for text in args.student]
     rows = [measure(name, run, test, args.work) for name, run, test in students]
-    (args.work / "rows.json").write_text(json.dumps(rows, indent=1))
+    (args.work / "bench_predict_options.json").write_text(json.dumps(rows, indent=1))
     publish(args, SECTION_KEY, SECTION_TITLE, tables(rows))
 
 

@@ -289,6 +289,16 @@ def exported_stems(folder: Path) -> list[str]:
     return sorted(path.stem for path in (folder / "images").glob("*.png"))
 
 
+def tile_row(stem: str) -> str:
+    """The row a tile of ``medistill sources --tile`` lies in: ``nuclei_y0384_x0128`` → ``nuclei_y0384``."""
+    return stem.split("_x")[0]
+
+
+def tile_rows(stems: Sequence[str]) -> list[str]:
+    """The rows of tiles among ``stems``, top to bottom."""
+    return sorted({tile_row(stem) for stem in stems})
+
+
 def evenly(items: list[str], n: int) -> list[str]:
     """``n`` items spread evenly over ``items`` (all of them when there are fewer)."""
     if len(items) <= n:

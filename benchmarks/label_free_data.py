@@ -13,7 +13,7 @@ import math
 import shutil
 from pathlib import Path
 
-from common import copy_pairs, evenly, exported_stems, middle_block, slice_index
+from common import copy_pairs, evenly, exported_stems, middle_block, slice_index, tile_row, tile_rows
 from json_records import read_json, write_json
 from label_free_plan import Plan
 
@@ -36,11 +36,11 @@ def prepare_phantoms(root: Path, plan: Plan) -> str:
 def prepare_nuclei(root: Path, plan: Plan) -> str:
     export = _export("nuclei", root / "export", tile=plan.nuclei_tile)
     stems = exported_stems(export)
-    rows = sorted({stem.split("_x")[0] for stem in stems})  # rows of tiles, top to bottom
+    rows = tile_rows(stems)
     per_row = max(1, len(stems) // len(rows))
     test_rows = max(1, math.ceil(plan.test / per_row))
-    test = [s for s in stems if s.split("_x")[0] in rows[-test_rows:]][:plan.test]
-    distill = evenly([s for s in stems if s.split("_x")[0] in rows[:-test_rows]], plan.distill)
+    test = [s for s in stems if tile_row(s) in rows[-test_rows:]][:plan.test]
+    distill = evenly([s for s in stems if tile_row(s) in rows[:-test_rows]], plan.distill)
     copy_pairs(export, distill, root / "distill")
     copy_pairs(export, test, root / "test")
     return (f"stardist DSB-2018 nuclei image cut into {len(stems)} tiles of {plan.nuclei_tile} px; test "

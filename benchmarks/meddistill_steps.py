@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import CommandLog, copy_pairs, evenly, exported_stems, load_average, middle_block, slice_index
+from common import (CommandLog, copy_pairs, evenly, exported_stems, load_average, middle_block, slice_index,
+                    tile_row, tile_rows)
 from json_records import read_json, write_json
 from meddistill_plan import TEACHER, DataSettings, Plan, Variant
 
@@ -75,12 +76,12 @@ def prepare_nuclei(root: Path, counts: dict, commands: CommandLog) -> str:
     commands.run(["-m", "medistill", "sources", "--name", "nuclei", "--tile", str(tile), "--out", str(export),
                   "--overwrite"], root / "logs" / "nuclei_export.log")
     stems = exported_stems(export)
-    rows = sorted({stem.split("_x")[0] for stem in stems})  # rows of tiles, top to bottom
+    rows = tile_rows(stems)
     val = len(rows) // 2 - 1
     groups = {"detector/train": rows[:val], "detector/val": rows[val:val + 1],
               "distill": rows[val + 1:-1], "test": rows[-1:]}
     for folder, chosen_rows in groups.items():
-        copy_pairs(export, [s for s in stems if s.split("_x")[0] in chosen_rows], root / folder)
+        copy_pairs(export, [s for s in stems if tile_row(s) in chosen_rows], root / folder)
     sizes = {folder: len(exported_stems(root / folder)) for folder in groups}
     return (f"stardist DSB-2018 nuclei image (512 px) cut into {len(stems)} tiles of {tile} px, split by "
             f"rows of tiles: detector train {sizes['detector/train']} / detector val {sizes['detector/val']} "

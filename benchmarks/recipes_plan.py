@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import CommandLog, copy_pairs, exported_stems, middle_block, slice_index
+from common import CommandLog, copy_pairs, exported_stems, middle_block, slice_index, tile_row, tile_rows
 from student_spec import Student as Network
 
 SECTION_KEY = "recipes"
@@ -140,8 +140,8 @@ def prepare_nuclei(root: Path, plan: Plan, commands: CommandLog) -> str:
     commands.run(["-m", "medistill", "sources", "--name", "nuclei", "--tile", "64", "--out", str(export),
                   "--overwrite"], root.parent / "nuclei_export.log")
     stems = exported_stems(export)
-    rows = sorted({stem.split("_x")[0] for stem in stems})
-    test = [stem for stem in stems if stem.split("_x")[0] in rows[-2:]]
+    bottom = tile_rows(stems)[-2:]
+    test = [stem for stem in stems if tile_row(stem) in bottom]
     copy_pairs(export, [stem for stem in stems if stem not in test], root / "train")
     copy_pairs(export, test, root / "test")
     return (f"stardist DSB-2018 nuclei image (512 px) in {len(stems)} tiles of 64 px, binary nuclei masks; "

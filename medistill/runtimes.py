@@ -36,8 +36,9 @@ def openvino_cpu_config(precision: str = "fp32", threads: int | None = None) -> 
     """Compile options of OpenVINO's CPU plugin for one image (or batch) at a time.
 
     ``fp32`` is asked for explicitly: on CPUs with bf16 units OpenVINO otherwise computes
-    in bf16. ``LATENCY`` runs one inference stream, what batch-1 work wants (about 10 %
-    faster than the plugin's default on the project's 2-core machine).
+    in bf16. ``LATENCY`` runs one inference stream, what batch-1 work wants (in one
+    60-round interleaved probe on the project's 2-core machine, 6.2 against 7.0 ms median
+    for the default U-Net's forward pass at 128 px).
     """
     config: dict[str, object] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                                  "PERFORMANCE_HINT": "LATENCY"}

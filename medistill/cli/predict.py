@@ -19,9 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="runtime (default: from the model file; keras for a run folder). With a run folder, "
                              "onnxruntime/openvino/litert use RUN/exports/ written by `medistill export`")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                        help="bf16: OpenVINO computes in bfloat16 on CPUs with bf16 units, about 1.5-2x faster at "
-                             "batch 1; probabilities move by up to ~0.03, masks within the README's tolerance "
-                             "(default fp32)")
+                        help="bf16 (with --backend openvino): computes in bfloat16 on CPUs with bf16 units; on "
+                             "the project's CPU 0.28-0.47x Keras' batch-1 time, probabilities moved by up to 0.21 "
+                             "and masks stayed within the README's tolerance (default fp32)")
     parser.add_argument("--axis", type=int, default=2, help="volumes: slice axis, 0 sagittal, 1 coronal, 2 axial "
                                                             "(RAS+; default 2)")
     parser.add_argument("--batch", type=int, default=8, help="images or slices per forward pass (default 8)")
