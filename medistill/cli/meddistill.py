@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       "one is a negative; none: left out")
     data.add_argument("--quality-control", action=argparse.BooleanOptionalAction, default=True,
                       help="down-weight or drop poor teacher masks by their quality records (default on)")
+    data.add_argument("--tight-boxes", action=argparse.BooleanOptionalAction, default=False,
+                      help="the box-projection term uses each box tightened to the teacher's mask inside it, so a "
+                      "loose detector box does not pull the student's mask out to its edges (default off)")
     data.add_argument("--live-teacher", action="store_true",
                       help="call the teacher at every training step instead of caching (benchmark mode)")
     add_runtime_arguments(parser)
@@ -149,7 +152,8 @@ def config_from_args(args: argparse.Namespace):
         patience=args.patience, min_epochs=args.min_epochs, min_steps_per_epoch=args.min_steps_per_epoch,
         augment=args.augment, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
         terms=parse_terms(args.terms), confidence=args.confidence, negatives=args.negatives,
-        quality_control=args.quality_control, init_from=args.init_from, rounds=args.rounds,
+        quality_control=args.quality_control, tight_boxes=args.tight_boxes, init_from=args.init_from,
+        rounds=args.rounds,
         keep_collapsed=args.keep_collapsed,
         weighting=args.weighting, fixed_weights=json_object(args.fixed_weights, "--fixed-weights", allow_null=True),
         feature_loss=args.feature_loss, feature_layer=args.feature_layer, co_learn=args.co_learn,

@@ -95,6 +95,7 @@ class MedDistillConfig:
     confidence: bool = True
     negatives: str = "auto"
     quality_control: bool = True
+    tight_boxes: bool = False
     weighting: str = "learned"
     fixed_weights: dict[str, float] | None = None
     feature_loss: str = "mse"

@@ -63,6 +63,7 @@ from medistill.distill.meddistill.frames import (  # noqa: F401  (re-exported: M
     split_entries,
     targets_from_output,
 )
+from medistill.distill.meddistill.tight_boxes import tighten_boxes
 from medistill.errors import MedistillError
 from medistill.losses.label_free import inside_boxes, rasterise_boxes
 from medistill.teachers.base import Teacher
@@ -93,6 +94,8 @@ class DistillData:
     box_rows: np.ndarray | None = None          # (N, M, S) uint8, rows each box covers (student frame)
     box_cols: np.ndarray | None = None          # (N, M, S) uint8, columns each box covers
     box_weights: np.ndarray | None = None       # (N, M) float32 detector scores, 0 for padding
+    proj_rows: np.ndarray | None = None         # (N, M, S) the projection term's boxes (None: box_rows)
+    proj_cols: np.ndarray | None = None
     weights: np.ndarray | None = None           # (N,) float32 per-image trust (negatives rule, quality control)
 
     def __len__(self) -> int:
@@ -105,6 +108,12 @@ class DistillData:
     def image_weights(self) -> np.ndarray:
         """``(N,)`` float32 trust of each example (1 where nothing lowered it)."""
         return np.ones(len(self), np.float32) if self.weights is None else self.weights
+
+    def projection_boxes(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(M, S)`` row and column indicators of the projection term's boxes of example ``index``."""
+        if self.proj_rows is None:
+            return self.box_rows[index], self.box_cols[index]
+        return self.proj_rows[index], self.proj_cols[index]
 
     def inside(self, index: int) -> np.ndarray:
         """``(S, S)`` uint8: 1 inside some box of example ``index``."""
@@ -121,29 +130,36 @@ class DistillData:
 
 def assemble(entries: Sequence[ImageBoxes], image_dir: str | Path, pre: PreprocessConfig,
              targets: Callable[[int, np.ndarray], TeacherTargets | None], *, grid: int | None,
-             co_learn: bool = False, keep_raw: bool = False, desc: str = "distillation data") -> DistillData:
+             co_learn: bool = False, keep_raw: bool = False, tighten: bool = False,
+             desc: str = "distillation data") -> DistillData:
     """Read, preprocess and bring into the student frame every entry's image and targets.
 
     ``targets(i, image)`` gives entry ``i``'s teacher outputs (None in live-teacher mode
     for the training set, whose targets are made at every step). ``grid`` is the side of
     the student feature map the teacher features are resized to (None: no feature term).
+    ``tighten``: the projection term's boxes are tightened to the teacher's per-box masks
+    (:mod:`~medistill.distill.meddistill.tight_boxes`) where the targets carry them.
     """
     if not entries:
         raise MedistillError("no images to distil on: the boxes file lists none for this split")
     images, geometries, soft, sigma2, n_boxes, feats, embeds, boxes_256 = [], [], [], [], [], [], [], []
-    raw, raw_boxes, rasters, scores = [], [], [], []
+    raw, raw_boxes, rasters, proj_rasters, scores = [], [], [], [], []
     for i, entry in enumerate(tqdm(entries, desc=desc, unit="image", leave=False)):
         image = read_entry_image(entry, image_dir)
         x, geometry = preprocess_image(image, pre)
         images.append(x)
         geometries.append(geometry)
         n_boxes.append(len(entry.boxes))
-        rasters.append(rasterise_boxes(entry_xyxy(entry), geometry.scale, pre.size))
+        xyxy = entry_xyxy(entry)
+        rasters.append(rasterise_boxes(xyxy, geometry.scale, pre.size))
         scores.append(np.array([b.score for b in entry.boxes], np.float32))
         if keep_raw:
             raw.append(image)
             raw_boxes.append(np.array([b.xyxy for b in entry.boxes], np.float32).reshape(-1, 4))
         found = targets(i, image)
+        if tighten and found is not None and found.masks is not None and len(found.masks) == len(xyxy):
+            xyxy = tighten_boxes(xyxy, found.masks)[0]
+        proj_rasters.append(rasterise_boxes(xyxy, geometry.scale, pre.size))
         if found is None:
             continue
         soft.append(soft_mask_to_frame(found.fused, geometry, pre.size))
@@ -167,6 +183,8 @@ def assemble(entries: Sequence[ImageBoxes], image_dir: str | Path, pre: Preproce
         n_boxes=np.asarray(n_boxes, np.int32), features=np.stack(feats) if feats else None,
         raw=raw, raw_boxes=raw_boxes)
     data.box_rows, data.box_cols, data.box_weights = pad_rasters(rasters, scores, size)
+    if tighten:
+        data.proj_rows, data.proj_cols, _ = pad_rasters(proj_rasters, scores, size)
     if co_learn:
         data.embeddings = np.stack(embeds)
         data.boxes, data.valid = pad_boxes(boxes_256)
@@ -175,11 +193,11 @@ def assemble(entries: Sequence[ImageBoxes], image_dir: str | Path, pre: Preproce
 
 def load_from_cache(cache_path: str | Path, image_dir: str | Path, entries: Sequence[ImageBoxes],
                     pre: PreprocessConfig, *, grid: int | None, co_learn: bool = False,
-                    desc: str = "reading teacher cache") -> DistillData:
+                    tighten: bool = False, desc: str = "reading teacher cache") -> DistillData:
     """:func:`assemble` with the targets read from the teacher cache."""
     with CacheReader(cache_path) as cache:
-        return assemble(entries, image_dir, pre, lambda i, _: read_cached(cache, entries[i].stem),
-                        grid=grid, co_learn=co_learn, desc=desc)
+        return assemble(entries, image_dir, pre, lambda i, _: read_cached(cache, entries[i].stem, tighten),
+                        grid=grid, co_learn=co_learn, tighten=tighten, desc=desc)
 
 
 def load_live(teacher: Teacher, image_dir: str | Path, entries: Sequence[ImageBoxes],
@@ -288,7 +306,7 @@ def training_dataset(data: DistillData, batch: int, epoch: int, seed: int, augme
         else:
             soft, sigma2 = data.soft[i], data.uncertainty[i]
             features = data.features[i] if data.features is not None else None
-        rows, cols = data.box_rows[i], data.box_cols[i]
+        rows, cols = data.projection_boxes(i)
         values = {"image": flip_maps(data.images[i], flip), "soft": flip_maps(soft, flip),
                   "uncertainty": np.float32(sigma2), "flip": np.asarray(flip, bool),
                   "rows": rows[:, ::-1] if flip[1] else rows, "cols": cols[:, ::-1] if flip[0] else cols,

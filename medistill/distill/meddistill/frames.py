@@ -38,6 +38,7 @@ class TeacherTargets:
     boxes: np.ndarray                 # (N, 4) float32 clipped xyxy, original pixels
     features: np.ndarray | None       # (h, w, C) teacher features or None
     feature_stride: int | None
+    masks: np.ndarray | None = None   # (N, H, W) per-box soft masks (None: not read)
 
 
 def soft_mask_to_frame(soft: np.ndarray, geometry: Geometry, size: int) -> np.ndarray:
@@ -80,16 +81,18 @@ def features_to_grid(features: np.ndarray, grid: int) -> np.ndarray:
 
 def targets_from_output(out) -> TeacherTargets:
     """A :class:`~medistill.teachers.base.TeacherOutput` → :class:`TeacherTargets`."""
-    return TeacherTargets(out.fused(), out.image_uncertainty(), out.boxes, out.features, out.feature_stride)
+    return TeacherTargets(out.fused(), out.image_uncertainty(), out.boxes, out.features, out.feature_stride,
+                          out.masks)
 
 
 # --------------------------------------------------------------------------- the cache
 
 
-def read_cached(cache: CacheReader, stem: str) -> TeacherTargets:
-    """One image's :class:`TeacherTargets` from an open teacher cache."""
+def read_cached(cache: CacheReader, stem: str, masks: bool = False) -> TeacherTargets:
+    """One image's :class:`TeacherTargets` from an open teacher cache (``masks``: with the per-box masks)."""
     entry = cache.entry(stem)
-    return TeacherTargets(entry.fused, entry.image_uncertainty, entry.boxes, entry.features, entry.feature_stride)
+    return TeacherTargets(entry.fused, entry.image_uncertainty, entry.boxes, entry.features, entry.feature_stride,
+                          cache.masks(stem) if masks and entry.n_boxes else None)
 
 
 @dataclass(frozen=True)

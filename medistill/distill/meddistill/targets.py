@@ -113,7 +113,8 @@ def prepare_data(config: MedDistillConfig, session: RunSession, grid_for, teache
         raise MedistillError(f"{path}: --co-learn needs LiteMedSAM's cached (64, 64, 256) embeddings, the cache "
                              f"has {'no features' if info is None else info.shape}; build it with --teacher litemedsam")
     grid = grid_for(info)
-    train = md.load_from_cache(path, config.image_dir, train_entries, pre, grid=grid, co_learn=config.co_learn)
+    train = md.load_from_cache(path, config.image_dir, train_entries, pre, grid=grid, co_learn=config.co_learn,
+                               tighten=config.tight_boxes and "proj" in config.terms)
     val = (md.load_from_cache(path, config.image_dir, val_entries, pre, grid=None, desc="validation images")
            if val_entries else None)
     return Prepared(train, val, info, cache=cache, source=source)
