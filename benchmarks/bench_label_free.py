@@ -172,9 +172,9 @@ def main() -> None:
         parser.error("--prepare-only needs --work")
     plan = QUICK if args.quick else FULL
     if args.epochs:
-        plan = replace(plan, epochs=args.epochs)
+        plan = replace(plan.without_per_set("epochs"), epochs=args.epochs)
     if args.img_size:
-        plan = replace(plan, img_size=args.img_size)
+        plan = replace(plan.without_per_set("img_size"), img_size=args.img_size)
     datasets = args.datasets or (["phantoms"] if args.quick else list(DEFAULT_DATASETS))
     datasets, missing = installed(datasets, substitute=args.datasets is None)
     datasets = [d for d in ALL_DATASETS if d in datasets]
@@ -212,15 +212,15 @@ def run_benchmark(args: argparse.Namespace, work: Path, plan: Plan, datasets: li
             for row in rows:
                 for seed in row.seeds(seeds, args.ablation_seeds):
                     shared = row.kind == "supervised" and kind != "oracle"  # reuses the oracle kind's run
-                    estimates[f"{name}/{kind}/{row.key}_s{seed}"] = 1.0 if shared else estimate_run(plan, row,
-                                                                                                   plan.distill)
+                    estimates[f"{name}/{kind}/{row.key}_s{seed}"] = 1.0 if shared else estimate_run(
+                        plan.for_set(name), row, plan.distill)
         count = sum(len(row.seeds(seeds, args.ablation_seeds)) for row in rows)
         plan_lines.append([name, ", ".join(kinds), ", ".join(f"{row.key} × {len(row.seeds(seeds, args.ablation_seeds))}"
                                                             for row in rows), len(kinds) * count])
     if students_set != "none":
         for key, student, _ in STUDENTS[1:]:
             factor = {"unet32": 2.0, "lcovnet": 1.5, "unetpp": 3.0}.get(key, 1.0)
-            estimates[f"students/{key}"] = estimate_run(plan, Row("x", "x"), plan.distill) * factor
+            estimates[f"students/{key}"] = estimate_run(plan.for_set(students_set), Row("x", "x"), plan.distill) * factor
         estimates["students/latency"] = 20 + 1.5 * plan.test * (plan.latency_repeats + 1)
     runs_planned = sum(1 for k in estimates if not k.endswith(("/prepare", "/caches", "/latency")))
     progress = Progress(estimates)
@@ -287,7 +287,8 @@ def run_benchmark(args: argparse.Namespace, work: Path, plan: Plan, datasets: li
                     shared = row.kind == "supervised" and kind != "oracle"
                     out = root / "runs" / ("oracle" if shared else kind) / key
                     try:
-                        record, seconds = do_run(root, kind, row, plan, seed, out, tests, args.resume or shared)
+                        record, seconds = do_run(root, kind, row, plan.for_set(name), seed, out, tests,
+                                                 args.resume or shared)
                     except Exception as error:  # noqa: BLE001 - one failed run must not lose the others
                         traceback.print_exc()
                         block["failed"][key] = f"{type(error).__name__}: {error}".splitlines()[0][:300]
@@ -307,7 +308,8 @@ def run_benchmark(args: argparse.Namespace, work: Path, plan: Plan, datasets: li
         return
 
     if students_set != "none":
-        results["students"] = compare_students(work / students_set, plan, seeds[0], tests_by_set[students_set],
+        results["students"] = compare_students(work / students_set, plan.for_set(students_set), seeds[0],
+                                               tests_by_set[students_set],
                                                args.resume, progress, results["sets"][students_set]["oracle"])
     publish_now([])
     print(f"\nresults: {work / 'results.json'}  ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)

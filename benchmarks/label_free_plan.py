@@ -7,7 +7,7 @@ default, or whose module does not exist, is left out with a note).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 TEACHER = "litemedsam"
 DEFAULT_DATASETS = ("phantoms", "nuclei", "colin27", "mni152")
@@ -30,10 +30,29 @@ class Plan:
     student: str = "unet"
     student_options: dict = field(default_factory=lambda: {"base_filters": 16})
     val_fraction: float = 0.2
+    per_set: dict = field(default_factory=dict)  # set name -> {"img_size": ..., "epochs": ...}
+
+    def for_set(self, name: str) -> Plan:
+        """The plan of one set: its own size and epochs where ``per_set`` gives them."""
+        return replace(self, **self.per_set.get(name, {}), per_set={})
+
+    def without_per_set(self, key: str) -> Plan:
+        """The plan with ``key`` the same for every set (a command-line override)."""
+        return replace(self, per_set={name: {k: v for k, v in values.items() if k != key}
+                                      for name, values in self.per_set.items()})
+
+    def sizes_text(self) -> str:
+        """``64 px, 12 epochs`` plus each set that differs."""
+        text = f"{self.img_size} px, {self.epochs} epochs"
+        others = [f"{name}: {values.get('img_size', self.img_size)} px, {values.get('epochs', self.epochs)} epochs"
+                  for name, values in self.per_set.items() if values]
+        return text + (f" ({'; '.join(others)})" if others else "")
 
 
+# The phantoms' lesions are a few pixels at 64 px: they are trained at their own 128 px (as in the demo),
+# with the epochs a student needs to find small targets (it learns the background first).
 FULL = Plan(img_size=64, epochs=12, batch=8, distill=48, test=16, phantom_size=128, nuclei_tile=64,
-            volume_gap=5, latency_repeats=3)
+            volume_gap=5, latency_repeats=3, per_set={"phantoms": {"img_size": 128, "epochs": 30}})
 QUICK = Plan(img_size=32, epochs=3, batch=8, distill=16, test=8, phantom_size=64, nuclei_tile=64,
              volume_gap=2, latency_repeats=1, val_fraction=0.25)
 
@@ -64,7 +83,7 @@ def trained_rows() -> tuple[list[Row], list[str]]:
     notes = []
     defaults = {f: getattr(MedDistillConfig("i", "b", "o"), f) for f in ("confidence", "negatives",
                                                                         "quality_control", "weighting", "schedule",
-                                                                        "weight_average")}
+                                                                        "weight_average", "tight_boxes")}
     rows = [Row("released", "released student (ulwr; bce, prob, feat; no confidence; negatives all; no QC; constant lr)",
                 dict(RELEASED)),
             Row("default", f"**new default** ({defaults['weighting']}; {', '.join(DEFAULT_TERMS)})")]
@@ -86,6 +105,12 @@ def trained_rows() -> tuple[list[Row], list[str]]:
         rows.append(Row("no_qc", "default without quality control", {"quality_control": False}, ablation=True))
     else:
         notes.append("'no quality control' not run: quality control is off by default")
+    if defaults["tight_boxes"]:
+        rows.append(Row("no_tight_boxes", "default with the detector's boxes in the projection term "
+                        "(`tight_boxes=False`)", {"tight_boxes": False}, ablation=True))
+    else:
+        rows.append(Row("tight_boxes", "default with boxes tightened to the teacher's masks in the projection term "
+                        "(`tight_boxes=True`)", {"tight_boxes": True}, ablation=True))
     other = "cosine" if defaults["schedule"] == "constant" else "constant"
     rows.append(Row(f"schedule_{other}", f"default with the {other} learning rate (`schedule={other}`)",
                     {"schedule": other}, ablation=True))

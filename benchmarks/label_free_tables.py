@@ -185,8 +185,8 @@ def section_notes(results: dict, rows: list[Row], seeds: Sequence[int], plan: Pl
     overrides = "; ".join(f"{r.key}: `{json.dumps(r.overrides)}`" for r in rows if r.overrides)
     lines += [
         "",
-        f"Every trained row: student `{plan.student}` `{json.dumps(plan.student_options)}`, {plan.img_size} px, "
-        f"{plan.epochs} epochs, batch {plan.batch}, validation fraction {plan.val_fraction}, seeds "
+        f"Every trained row: student `{plan.student}` `{json.dumps(plan.student_options)}`, {plan.sizes_text()}, "
+        f"batch {plan.batch}, validation fraction {plan.val_fraction}, seeds "
         f"{' '.join(map(str, seeds))} (the seed sets the initial weights, the validation split and the "
         "augmentation); MedDistill runs: `MedDistillConfig` defaults (lr, patience, `min_epochs`, "
         "`min_steps_per_epoch`, ...) except for each row's overrides, `keep_collapsed=True`, the teacher cache "

@@ -100,3 +100,13 @@ def test_boxes_filled_as_masks(bench):
 
     mask = bench.common.fill_boxes(ImageBoxes("a.png", "a", 8, 6, [Box(1, 2, 4, 5)]))
     assert mask.shape == (6, 8) and mask.sum() == 9 and mask[2:5, 1:4].all()
+
+
+def test_a_set_can_have_its_own_size_and_epochs(bench):
+    plan = bench.label_free_plan.FULL
+    phantoms, nuclei = plan.for_set("phantoms"), plan.for_set("nuclei")
+    assert (phantoms.img_size, phantoms.epochs) == (128, 30) and phantoms.per_set == {}
+    assert (nuclei.img_size, nuclei.epochs) == (plan.img_size, plan.epochs)
+    same = plan.without_per_set("img_size")
+    assert same.for_set("phantoms").img_size == plan.img_size and same.for_set("phantoms").epochs == 30
+    assert "phantoms: 128 px, 30 epochs" in plan.sizes_text()
