@@ -22,8 +22,9 @@ boxes files):
 Boxes: ground-truth ("oracle") boxes from the masks for every set; detector boxes only
 for the sets given with ``--detector-boxes SET=DIR`` (``DIR/distill.json`` and
 ``DIR/test.json``, e.g. from ``detection.py predict`` on ``WORK/SET/distill/images`` and
-``WORK/SET/test/images``; ``--prepare-only`` writes the images first). No detector is
-trained here.
+``WORK/SET/test/images``; ``--prepare-only`` writes the images first), or trained here
+with ``--train-detector SET ...`` (YOLO from scratch, never on the images it boxes:
+``label_free_detector.py``).
 
 Teacher: LiteMedSAM (offline), cached once per set, boxes kind and split
 (``medistill.teachers.cache.build_cache``) and shared by every run (``MedDistillConfig.cache``).
@@ -83,6 +84,7 @@ from common import Progress, argument_parser, load_average, publish
 from figures import fmt
 from json_records import write_json
 from label_free_data import MNI152_TARGETS, detector_boxes, prepare_dataset
+from label_free_detector import train_detector_boxes
 from label_free_plan import ALL_DATASETS, DEFAULT_DATASETS, FULL, QUICK, STUDENTS, Plan, Row, trained_rows
 from label_free_runs import baselines, build_teacher_cache, do_run, latency, parameters, quiet_tensorflow, test_samples
 from label_free_tables import acceptance, acceptance_table, correlation, planned_table, section_body, section_notes
@@ -151,6 +153,9 @@ def main() -> None:
     parser.add_argument("--detector-boxes", nargs="+", metavar="SET=PATH", default=None,
                         help="detector boxes of a set: a folder with distill.json and test.json (boxes of "
                              "WORK/SET/distill/images and WORK/SET/test/images), or one file covering both")
+    parser.add_argument("--train-detector", nargs="+", choices=ALL_DATASETS, default=[], metavar="SET",
+                        help="train a YOLO detector for these sets (never on the images it boxes: "
+                        "label_free_detector.py) and add their detector-box rows")
     parser.add_argument("--students-set", default=None, help="set of the student comparison (default: the first "
                         "data set); 'none' skips it")
     parser.add_argument("--mni152-target", choices=sorted(MNI152_TARGETS), default="white",
@@ -181,9 +186,13 @@ def main() -> None:
     args.missing_sets = missing
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     detectors = parse_detector(args.detector_boxes)
+    both = sorted(set(args.train_detector) & set(detectors))
+    if both:
+        parser.error(f"--train-detector {' '.join(both)}: boxes already given with --detector-boxes")
     with tempfile.TemporaryDirectory(prefix="medistill-bench-label-free-") as scratch:
         work = (args.work or Path(scratch)).resolve()
         work.mkdir(parents=True, exist_ok=True)
+        detectors.update({name: work / name / "detector" / "boxes" for name in args.train_detector})
         run_benchmark(args, work, plan, datasets, seeds, detectors)
 
 
@@ -207,6 +216,8 @@ def run_benchmark(args: argparse.Namespace, work: Path, plan: Plan, datasets: li
     for name in datasets:
         kinds = ["oracle"] + (["detector"] if name in detectors else [])
         estimates[f"{name}/prepare"] = 10
+        if name in args.train_detector:
+            estimates[f"{name}/detector"] = 150 if name == "phantoms" else 400
         for kind in kinds:
             estimates[f"{name}/{kind}/caches"] = 2.0 * (plan.distill + plan.test)
             for row in rows:
@@ -222,7 +233,7 @@ def run_benchmark(args: argparse.Namespace, work: Path, plan: Plan, datasets: li
             factor = {"unet32": 2.0, "lcovnet": 1.5, "unetpp": 3.0}.get(key, 1.0)
             estimates[f"students/{key}"] = estimate_run(plan.for_set(students_set), Row("x", "x"), plan.distill) * factor
         estimates["students/latency"] = 20 + 1.5 * plan.test * (plan.latency_repeats + 1)
-    runs_planned = sum(1 for k in estimates if not k.endswith(("/prepare", "/caches", "/latency")))
+    runs_planned = sum(1 for k in estimates if not k.endswith(("/prepare", "/caches", "/latency", "/detector")))
     progress = Progress(estimates)
     print(f"bench_label_free: {len(datasets)} set(s) ({', '.join(datasets)}), seeds {seeds}, rows "
           f"{', '.join(r.key for r in rows)}; {runs_planned} training runs planned; estimated "
@@ -238,6 +249,7 @@ def run_benchmark(args: argparse.Namespace, work: Path, plan: Plan, datasets: li
                                   "rows": [r.__dict__ for r in rows], "row_notes": row_notes,
                                   "ablation_seeds": args.ablation_seeds, "students_set": students_set, "mni152_target": args.mni152_target,
                                   "detector_boxes": {k: str(v) for k, v in detectors.items()},
+                                  "train_detector": list(args.train_detector),
                                   "command": common.command_line(), "work": str(work)},
                      "sets": {}, "descriptions": {}, "students": {}, "load": {"start": load_average()}}
     start = time.perf_counter()
@@ -260,6 +272,10 @@ def run_benchmark(args: argparse.Namespace, work: Path, plan: Plan, datasets: li
         root = work / name
         t0 = time.perf_counter()
         prepared = prepare_dataset(name, root, plan, args)
+        if name in args.train_detector:
+            t0 = time.perf_counter()
+            train_detector_boxes(name, root, plan.phantom_size)
+            progress.done(f"{name}/detector", time.perf_counter() - t0)
         if name in detectors:
             detector_boxes(name, root, detectors[name])
         results["descriptions"][name] = prepared["description"]

@@ -110,7 +110,7 @@ def prepare_dataset(name: str, root: Path, plan: Plan, args: argparse.Namespace)
     record = read_json(record_path)
     if args.resume and record.get("settings") == json.loads(json.dumps(settings)):
         return record
-    for sub in ("distill", "test", "boxes", "caches", "runs"):
+    for sub in ("distill", "test", "boxes", "caches", "runs", "detector"):
         if (root / sub).exists():
             shutil.rmtree(root / sub)
     builders = {"phantoms": prepare_phantoms, "nuclei": prepare_nuclei, "colin27": prepare_colin27,

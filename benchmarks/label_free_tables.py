@@ -210,9 +210,17 @@ def section_notes(results: dict, rows: list[Row], seeds: Sequence[int], plan: Pl
         lines += ["", "Data sets: " + "; ".join(args.missing_sets) + "."]
     if results["settings"].get("row_notes"):
         lines += ["", "Rows not run: " + "; ".join(results["settings"]["row_notes"]) + "."]
+    trained = results["settings"].get("train_detector") or []
     if not results["settings"].get("detector_boxes"):
-        lines += ["", "Detector boxes: none given (`--detector-boxes SET=DIR`), so every row uses ground-truth "
-                  "boxes; no detector is trained by this script."]
+        lines += ["", "Detector boxes: none given (`--detector-boxes SET=DIR` or `--train-detector SET`), so every "
+                  "row uses ground-truth boxes."]
+    elif trained:
+        lines += ["", f"Detector boxes of {', '.join(trained)}: YOLO11n from scratch, trained by this script "
+                  "(`label_free_detector.py`) on labelled images it never boxes: for phantoms 100 other phantoms "
+                  "(generator seed 5); for the other sets the distillation images in two halves, each half boxed by "
+                  "the detector trained on the other half's masks, the test images by one trained on all of them. "
+                  "Threshold: best box F1 on each detector's validation fifth. Commands and output: "
+                  "`WORK/SET/detector/detector.log`."]
     students = results.get("students") or {}
     if students:
         lines += ["", f"Students: trained on {students.get('set')} with the default recipe and ground-truth boxes, "

@@ -4,7 +4,7 @@ The projection (box-tightness) term asks the student's mask to reach every row a
 column of a box. That is right for a tight box and wrong for a loose one: a detector box
 larger than its object pulls the student's mask out to the box's edges. On the demo's
 phantoms a quarter of the detector's boxes have ≥ 1.6× the area of the true lesion's
-box (docs/label_free_losses.md, "Tight boxes").
+box (docs/label_free_losses.md, "Tight boxes", in "The added terms").
 
 :func:`tighten_boxes` replaces each box by the bounding box of the teacher's mask for it
 (probability > ``threshold``, pixels whose centre lies in the box), so the term asks for

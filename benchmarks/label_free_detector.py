@@ -1,0 +1,112 @@
+"""bench_label_free.py's detector boxes (``--train-detector SET``): a YOLO detector trained
+from scratch on labelled images that are never the images it boxes, run through the
+project's own commands (``Creat_yolodata.py``, ``detection.py``, ``medistill report conf``).
+
+- **phantoms**: a separate labelled set (100 phantoms, generator seed 5: neither the
+  distillation seed 0 nor the test seed 1), as in ``make demo``.
+- **the other sets** have no images to spare: the distillation images are split in two
+  halves, a detector trained on one half's masks boxes the other half (cross-fitting), and
+  a detector trained on all of them boxes the test images.
+
+Each detector's confidence threshold is the one with the best box F1 on its own validation
+images (20 % of its labelled images). Every step leaves its output in
+``WORK/SET/detector/`` and is skipped when that output exists, so a killed run resumes.
+The boxes land in ``WORK/SET/detector/boxes/{distill,test}.json``, the folder
+``--detector-boxes`` takes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from common import copy_pairs, exported_stems
+
+ROOT = Path(__file__).resolve().parents[1]
+# (detector input size, epochs) per set; sizes are multiples of 32 (YOLO's largest stride)
+DETECTOR_SETTINGS = {"phantoms": (128, 40), "nuclei": (64, 60), "colin27": (128, 30), "mni152": (128, 30),
+                     "cells3d": (128, 30)}
+PHANTOM_LABELLED = (100, 5)  # how many, generator seed
+
+
+def _run(arguments: list[str], log: Path) -> None:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    with open(log, "a") as handle:
+        handle.write("$ " + " ".join(arguments) + "\n")
+        handle.flush()
+        done = subprocess.run(arguments, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(arguments[:3])} ... failed (exit {done.returncode}); see {log}")
+
+
+def _detector(labelled: Path, out: Path, name: str, seed: int, log: Path) -> tuple[Path, float]:
+    """Train a detector on ``labelled`` (images/ + masks/); its weights and chosen threshold."""
+    imgsz, epochs = DETECTOR_SETTINGS[name]
+    weights, conf_file = out / "run" / "weights" / "best.pt", out / "conf.txt"
+    if not conf_file.is_file():
+        from label_free_data import MIN_AREA
+
+        py = sys.executable
+        _run([py, "Creat_yolodata.py", "--image_dir", str(labelled / "images"), "--mask_dir", str(labelled / "masks"),
+              "--out", str(out / "yolo"), "--split", "0.8", "0.2", "0", "--seed", str(seed), "--class-names", "target",
+              "--min-area", str(MIN_AREA[name]), "--overwrite"], log)
+        _run([py, "detection.py", "train", "--data", str(out / "yolo" / "data.yaml"), "--model", "yolo11n.yaml",
+              "--imgsz", str(imgsz), "--epochs", str(epochs), "--batch", "8", "--seed", str(seed),
+              "--out", str(out / "run"), "--overwrite"], log)
+        _run([py, "detection.py", "predict", "--weights", str(weights), "--image_dir",
+              str(out / "yolo" / "images" / "val"), "--conf", "0.05", "--out", str(out / "val_boxes.json")], log)
+        _run([py, "-m", "medistill", "report", "conf", "--boxes", str(out / "val_boxes.json"), "--mask_dir",
+              str(labelled / "masks"), "--min-area", str(MIN_AREA[name]), "--out", str(conf_file)], log)
+    return weights, float(conf_file.read_text().strip())
+
+
+def _predict(weights: Path, conf: float, images: Path, out: Path, log: Path) -> Path:
+    if not out.is_file():
+        _run([sys.executable, "detection.py", "predict", "--weights", str(weights), "--image_dir", str(images),
+              "--conf", str(conf), "--out", str(out)], log)
+    return out
+
+
+def _merge(parts: list[Path], out: Path) -> None:
+    from medistill.boxes.boxes_file import BoxesFile, read_boxes, write_boxes
+
+    files = [read_boxes(p) for p in parts]
+    entries = sorted((e for f in files for e in f.images), key=lambda e: e.stem)
+    write_boxes(out, BoxesFile(files[0].class_names, entries, {"kind": "detector", "cross_fitted": [str(p) for p in parts]}))
+
+
+def train_detector_boxes(name: str, root: Path, phantom_size: int, seed: int = 0) -> Path:
+    """Detector boxes of one prepared set (``root`` = ``WORK/SET``); the folder holding them."""
+    folder = root / "detector"
+    boxes = folder / "boxes"
+    if (boxes / "distill.json").is_file() and (boxes / "test.json").is_file():
+        return boxes
+    boxes.mkdir(parents=True, exist_ok=True)
+    log = folder / "detector.log"
+    if name == "phantoms":
+        from medistill.data.phantoms import generate_phantoms
+
+        labelled = folder / "labelled"
+        if not (labelled / "masks").is_dir():
+            n, phantom_seed = PHANTOM_LABELLED
+            generate_phantoms(labelled, n, size=phantom_size, seed=phantom_seed, overwrite=True)
+        weights, conf = _detector(labelled, folder / "all", name, seed, log)
+        _predict(weights, conf, root / "distill" / "images", boxes / "distill.json", log)
+    else:
+        stems = exported_stems(root / "distill")
+        halves = [stems[0::2], stems[1::2]]
+        parts = []
+        for k, (train, other) in enumerate([(halves[0], halves[1]), (halves[1], halves[0])]):
+            fold = folder / f"fold{k}"
+            if not (fold / "labelled" / "masks").is_dir():
+                copy_pairs(root / "distill", train, fold / "labelled")
+                copy_pairs(root / "distill", other, fold / "unseen")
+            weights, conf = _detector(fold / "labelled", fold, name, seed, log)
+            parts.append(_predict(weights, conf, fold / "unseen" / "images", fold / "unseen_boxes.json", log))
+        _merge(parts, boxes / "distill.partial.json")
+        os.replace(boxes / "distill.partial.json", boxes / "distill.json")
+        weights, conf = _detector(root / "distill", folder / "all", name, seed, log)
+    _predict(weights, conf, root / "test" / "images", boxes / "test.json", log)
+    return boxes
