@@ -120,9 +120,13 @@ def trained_rows() -> tuple[list[Row], list[str]]:
     else:
         rows.append(Row("no_weight_average", "default without the weight average (`weight_average=0`)",
                         {"weight_average": 0.0}, ablation=True))
+    rows.append(Row("co_learn", "default with `co_learn=True` (LiteMedSAM's decoder fine-tuned with the student)",
+                    {"co_learn": True}, ablation=True))
     try:
         from medistill.distill.meddistill.rounds import run_rounds  # noqa: F401
         rows.append(Row("rounds2", "default with `rounds=2` (refinement rounds)", {"rounds": 2}, "rounds", ablation=True))
+        rows.append(Row("rounds2_co_learn", "default with `rounds=2` and `co_learn=True`",
+                        {"rounds": 2, "co_learn": True}, "rounds", ablation=True))
     except ImportError:
         notes.append("`rounds=2` not run: medistill.distill.meddistill.rounds.run_rounds does not exist")
     rows.append(Row("supervised", "supervised bound (masks of the distillation images)", kind="supervised"))

@@ -137,9 +137,11 @@ def meddistill_config(root: Path, kind: str, plan: Plan, seed: int, out: Path, o
     from medistill.distill.meddistill.config import MedDistillConfig
 
     name, options = student or (plan.student, plan.student_options)
+    # co-learning fine-tunes the decoder on the full embeddings: its own full cache, built by its first run
+    cache = root / "caches" / (f"distill_{kind}_full.h5" if overrides.get("co_learn") else f"distill_{kind}.h5")
     return MedDistillConfig(
         image_dir=str(root / "distill" / "images"), boxes=str(root / "boxes" / f"distill_{kind}.json"),
-        out=str(out), teacher=TEACHER, cache=str(root / "caches" / f"distill_{kind}.h5"), student=name,
+        out=str(out), teacher=TEACHER, cache=str(cache), student=name,
         student_options=dict(options), img_size=plan.img_size, epochs=plan.epochs, batch=plan.batch,
         val_fraction=plan.val_fraction, seed=seed, keep_collapsed=True, **overrides)
 

@@ -300,3 +300,14 @@ def test_changed_settings_and_bad_options_are_refused(squares, fakes):
     (squares["root"] / "d" / "notes.txt").write_text("mine")
     with pytest.raises(MedistillError, match="not empty"):
         rounds.run_rounds(make_config(squares, squares["root"] / "d"))
+
+
+def test_every_rounds_cache_is_stored_as_the_run_asks(squares, fakes):
+    """A full cache (--cache-features full, or --co-learn) in every round, not only the first."""
+    trainer, _ = fakes
+    out = squares["root"] / "full"
+    rounds.run_rounds(make_config(squares, out, rounds=2, cache_features="full"))
+    assert [round_of(c.out) for c in trainer.calls] == [1, 2]
+    for config in trainer.calls:
+        with h5py.File(config.cache_path(), "r") as cache:
+            assert cache.attrs["storage"] == "full", config.cache_path()

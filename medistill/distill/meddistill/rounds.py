@@ -345,7 +345,8 @@ def _run_round(config: MedDistillConfig, paths: RoundPaths, detector: BoxesFile,
     log.info("round %d/%d: %d box(es) on %d image(s) (%s)", k, config.rounds, current.num_boxes,
              len(current.images), current.source.get("kind", "detector"))
     if not config.live_teacher:
-        cache = build_cache(teacher.get(), config.image_dir, paths.boxes, one.cache_path())
+        cache = build_cache(teacher.get(), config.image_dir, paths.boxes, one.cache_path(),
+                            storage=config.cache_storage())
         log.info("round %d teacher cache %s: %s", k, one.cache_path(), cache)
     run_dir = Path(train_meddistill(one))
     found = student_pass(config, paths, detector, current, heldout, rule)
