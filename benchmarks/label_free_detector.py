@@ -9,7 +9,9 @@ project's own commands (``Creat_yolodata.py``, ``detection.py``, ``medistill rep
   a detector trained on all of them boxes the test images.
 
 Each detector's confidence threshold is the one with the best box F1 on its own validation
-images (20 % of its labelled images). Every step leaves its output in
+images (20 % of its labelled images, drawn image by image: the slices of Colin27 and MNI152
+come from one volume, so ``Creat_yolodata.py``'s default grouping by volume would put them
+all in one split). Every step leaves its output in
 ``WORK/SET/detector/`` and is skipped when that output exists, so a killed run resumes.
 The boxes land in ``WORK/SET/detector/boxes/{distill,test}.json``, the folder
 ``--detector-boxes`` takes.
@@ -51,7 +53,7 @@ def _detector(labelled: Path, out: Path, name: str, seed: int, log: Path) -> tup
         py = sys.executable
         _run([py, "Creat_yolodata.py", "--image_dir", str(labelled / "images"), "--mask_dir", str(labelled / "masks"),
               "--out", str(out / "yolo"), "--split", "0.8", "0.2", "0", "--seed", str(seed), "--class-names", "target",
-              "--min-area", str(MIN_AREA[name]), "--overwrite"], log)
+              "--min-area", str(MIN_AREA[name]), "--group-pattern", "^(.+)$", "--overwrite"], log)
         _run([py, "detection.py", "train", "--data", str(out / "yolo" / "data.yaml"), "--model", "yolo11n.yaml",
               "--imgsz", str(imgsz), "--epochs", str(epochs), "--batch", "8", "--seed", str(seed),
               "--out", str(out / "run"), "--overwrite"], log)
