@@ -9,11 +9,11 @@ project's own commands (``Creat_yolodata.py``, ``detection.py``, ``medistill rep
   a detector trained on all of them boxes the test images.
 
 Each detector's confidence threshold is the one with the best box F1 on its own validation
-images (20 % of its labelled images, drawn image by image; a detector that finds nothing
-there keeps the lowest candidate threshold, and its boxes show it in the boxes-as-masks row: the slices of Colin27 and MNI152
+images: 20 % of its labelled images, drawn image by image (the slices of Colin27 and MNI152
 come from one volume, so ``Creat_yolodata.py``'s default grouping by volume would put them
-all in one split). Every step leaves its output in
-``WORK/SET/detector/`` and is skipped when that output exists, so a killed run resumes.
+all in one split). A detector that finds nothing there keeps the lowest candidate
+threshold; its boxes then show it in the boxes-as-masks row. Every step leaves its output
+in ``WORK/SET/detector/`` and is skipped when that output exists, so a killed run resumes.
 The boxes land in ``WORK/SET/detector/boxes/{distill,test}.json``, the folder
 ``--detector-boxes`` takes.
 """
