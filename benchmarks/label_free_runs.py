@@ -189,12 +189,21 @@ def run_record(run_dir: Path, row: Row, metrics: dict, seconds: float) -> dict:
     return record
 
 
+# Paths of a MedDistill configuration: where a run is, not how it is trained.
+PATH_FIELDS = ("image_dir", "boxes", "out", "cache", "init_from", "overwrite")
+
+
 def run_settings(plan: Plan, row: Row, seed: int, student: tuple[str, dict] | None) -> dict:
-    """What a finished run must have been trained with to be reused by ``--resume``."""
+    """What a finished run must have been trained with to be reused by ``--resume``: for a
+    MedDistill row its whole configuration, so a changed default is a changed run."""
     name, options = student or (plan.student, plan.student_options)
     shared = {k: getattr(plan, k) for k in ("img_size", "epochs", "batch", "val_fraction")}
-    return json.loads(json.dumps({**shared, "student": name, "student_options": options, "row": row.kind,
-                                  "overrides": row.overrides, "seed": seed}))
+    settings = {**shared, "student": name, "student_options": options, "row": row.kind,
+                "overrides": row.overrides, "seed": seed}
+    if row.kind != "supervised":
+        config = meddistill_config(Path("."), "kind", plan, seed, Path("."), row.overrides, student).to_dict()
+        settings["config"] = {k: v for k, v in config.items() if k not in PATH_FIELDS}
+    return json.loads(json.dumps(settings))
 
 
 def do_run(root: Path, kind: str, row: Row, plan: Plan, seed: int, out: Path, tests: list, resume: bool,
