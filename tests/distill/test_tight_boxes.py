@@ -46,6 +46,7 @@ def loose(tmp_path_factory) -> dict:
     for entry in boxes.images:
         entry.boxes = [dataclasses.replace(b, x1=max(0, b.x1 - 6), y1=max(0, b.y1 - 6), x2=min(entry.width, b.x2 + 6),
                                            y2=min(entry.height, b.y2 + 6)) for b in entry.boxes]
+    boxes.source = {"kind": "detector"}
     write_boxes(root / "boxes.json", boxes)
     build_cache(CentreTeacher(), root / "ph" / "images", root / "boxes.json", root / "cache.h5", progress=False)
     entries = sorted(read_boxes(root / "boxes.json").images, key=lambda e: e.stem)
@@ -99,7 +100,7 @@ def test_the_projection_term_gets_the_tight_boxes_and_the_outside_term_the_detec
     np.testing.assert_array_equal(tight.proj_cols[0, :n], expected_cols)
 
 
-def test_the_option_reaches_the_data_only_with_the_projection_term(loose, monkeypatch):
+def test_the_option_reaches_the_data_only_with_the_projection_term_and_loose_boxes(loose, monkeypatch):
     from medistill.distill.meddistill import targets
 
     seen = []
@@ -115,10 +116,14 @@ def test_the_option_reaches_the_data_only_with_the_projection_term(loose, monkey
     class Session:
         out = root
 
-    for tight_boxes, terms, expected in ((True, ["bce", "proj"], True), (False, ["bce", "proj"], False),
-                                         (True, ["bce", "dice"], False)):
+    from_masks = root / "boxes_from_masks.json"
+    write_boxes(from_masks, boxes_from_masks(root / "ph" / "masks", root / "ph" / "images"))
+    for tight_boxes, terms, boxes, expected in ((True, ["bce", "proj"], "boxes.json", True),
+                                                (False, ["bce", "proj"], "boxes.json", False),
+                                                (True, ["bce", "dice"], "boxes.json", False),
+                                                (True, ["bce", "proj"], from_masks.name, False)):
         seen.clear()
-        config = MedDistillConfig(image_dir=str(root / "ph" / "images"), boxes=str(root / "boxes.json"),
+        config = MedDistillConfig(image_dir=str(root / "ph" / "images"), boxes=str(root / boxes),
                                   out=str(root / "run"), teacher="centre-half", cache=str(root / "cache.h5"),
                                   img_size=64, terms=terms, tight_boxes=tight_boxes, val_fraction=0.0)
         monkeypatch.setattr(targets, "prepare_cache", lambda *a, **k: None)

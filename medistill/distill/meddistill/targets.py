@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from medistill.distill.meddistill import data as md
 from medistill.distill.meddistill.config import MedDistillConfig
 from medistill.distribute import barrier
@@ -92,6 +94,29 @@ class LiveTeacher:
         return md.live_targets(self.teacher, self.data, index, self.size, self.grid)
 
 
+def tighten_projection_boxes(config: MedDistillConfig, source: dict) -> bool:
+    """Whether the projection term's boxes are tightened (``--tight-boxes``): not for boxes made
+    from masks, which are tight by construction (the teacher's mask could only shrink them)."""
+    if not (config.tight_boxes and "proj" in config.terms):
+        return False
+    if source.get("kind") == "masks":
+        log.info("--tight-boxes: the boxes were made from masks and are tight already; the projection term uses them")
+        return False
+    return True
+
+
+def log_tightened(data: md.DistillData) -> None:
+    """Say how much the projection term's boxes shrank (areas in the student frame)."""
+    given = (data.box_rows.sum(-1) * data.box_cols.sum(-1)).astype(np.float64)
+    tight = (data.proj_rows.sum(-1) * data.proj_cols.sum(-1)).astype(np.float64)
+    real = given > 0
+    if real.any():
+        ratio = tight[real] / given[real]
+        log.info("--tight-boxes: %d box(es) tightened to the teacher's masks for the projection term, median area "
+                 "%.2f of the given box (%d unchanged)", int(real.sum()), float(np.median(ratio)),
+                 int(np.sum(ratio == 1.0)))
+
+
 def prepare_data(config: MedDistillConfig, session: RunSession, grid_for, teacher: Any = None) -> Prepared:
     """Read the split's images and targets; ``grid_for(info)`` gives the student feature grid."""
     train_entries, val_entries, source = _entries(config)
@@ -113,8 +138,11 @@ def prepare_data(config: MedDistillConfig, session: RunSession, grid_for, teache
         raise MedistillError(f"{path}: --co-learn needs LiteMedSAM's cached (64, 64, 256) embeddings, the cache "
                              f"has {'no features' if info is None else info.shape}; build it with --teacher litemedsam")
     grid = grid_for(info)
+    tighten = tighten_projection_boxes(config, source)
     train = md.load_from_cache(path, config.image_dir, train_entries, pre, grid=grid, co_learn=config.co_learn,
-                               tighten=config.tight_boxes and "proj" in config.terms)
+                               tighten=tighten)
+    if tighten:
+        log_tightened(train)
     val = (md.load_from_cache(path, config.image_dir, val_entries, pre, grid=None, desc="validation images")
            if val_entries else None)
     return Prepared(train, val, info, cache=cache, source=source)

@@ -11,7 +11,8 @@ box (docs/label_free_losses.md, "Tight boxes", in "The added terms").
 the extent the teacher found, never beyond the detector's box. A box whose teacher mask
 is empty is kept as it is (``confirmed`` False): quality control already weighs such
 masks. The outside-the-boxes term keeps the detector's boxes: a loose box there only
-makes it more cautious.
+makes it more cautious. Boxes made from masks are tight already and are not tightened
+(:func:`medistill.distill.meddistill.targets.tighten_projection_boxes`).
 
 >>> import numpy as np
 >>> masks = np.zeros((2, 8, 8), np.float32)
