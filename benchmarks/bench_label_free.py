@@ -156,6 +156,8 @@ def main() -> None:
     parser.add_argument("--train-detector", nargs="+", choices=ALL_DATASETS, default=[], metavar="SET",
                         help="train a YOLO detector for these sets (never on the images it boxes: "
                         "label_free_detector.py) and add their detector-box rows")
+    parser.add_argument("--kinds", nargs="+", choices=("oracle", "detector"), default=["oracle", "detector"],
+                        help="boxes kinds to run (default both; detector only for sets with detector boxes)")
     parser.add_argument("--students-set", default=None, help="set of the student comparison (default: the first "
                         "data set); 'none' skips it")
     parser.add_argument("--mni152-target", choices=sorted(MNI152_TARGETS), default="white",
@@ -196,6 +198,11 @@ def main() -> None:
         run_benchmark(args, work, plan, datasets, seeds, detectors)
 
 
+def boxes_kinds(name: str, detectors: dict[str, Path], wanted: Sequence[str]) -> list[str]:
+    """The boxes kinds a set runs with: ground truth ("oracle"), and "detector" where it has such boxes."""
+    return [k for k in ("oracle", "detector") if k in wanted and (k == "oracle" or name in detectors)]
+
+
 def run_benchmark(args: argparse.Namespace, work: Path, plan: Plan, datasets: list[str], seeds: list[int],
                   detectors: dict[str, Path]) -> None:
     quiet_tensorflow()
@@ -209,12 +216,15 @@ def run_benchmark(args: argparse.Namespace, work: Path, plan: Plan, datasets: li
     students_set = args.students_set or datasets[0]
     if students_set != "none" and students_set not in datasets:
         raise SystemExit(f"--students-set {students_set}: not among --datasets {' '.join(datasets)}")
+    if students_set != "none" and "oracle" not in args.kinds:
+        raise SystemExit("the student comparison trains with ground-truth boxes: add --kinds oracle or "
+                         "pass --students-set none")
 
     # The plan, its size and an ETA.
     estimates: dict[str, float] = {}
     plan_lines = []
     for name in datasets:
-        kinds = ["oracle"] + (["detector"] if name in detectors else [])
+        kinds = boxes_kinds(name, detectors, args.kinds)
         estimates[f"{name}/prepare"] = 10
         if name in args.train_detector:
             estimates[f"{name}/detector"] = 150 if name == "phantoms" else 400
@@ -284,7 +294,7 @@ def run_benchmark(args: argparse.Namespace, work: Path, plan: Plan, datasets: li
         if args.prepare_only:
             continue
         tests = tests_by_set[name] = test_samples(root)
-        kinds = ["oracle"] + (["detector"] if name in detectors else [])
+        kinds = boxes_kinds(name, detectors, args.kinds)
         results["sets"][name] = {}
         for kind in kinds:
             block = results["sets"][name][kind] = {"runs": {}, "failed": {}}
