@@ -132,6 +132,16 @@ def test_the_option_reaches_the_data_only_with_the_projection_term_and_loose_box
         assert (prepared.train.proj_rows is not None) is expected
 
 
+def test_live_teacher_mode_keeps_the_boxes_and_says_so(caplog):
+    from medistill.distill.meddistill.targets import tighten_projection_boxes
+
+    config = MedDistillConfig(image_dir="i", boxes="b", out="o", tight_boxes=True, live_teacher=True)
+    with caplog.at_level("WARNING", logger="medistill.distill"):
+        assert tighten_projection_boxes(config, {"kind": "detector"}) is False
+    assert "--live-teacher" in caplog.text
+    assert tighten_projection_boxes(dataclasses.replace(config, live_teacher=False), {"kind": "detector"}) is True
+
+
 def test_the_command_line_flag_sets_the_option():
     import argparse
 

@@ -102,6 +102,10 @@ def tighten_projection_boxes(config: MedDistillConfig, source: dict) -> bool:
     if source.get("kind") == "masks":
         log.info("--tight-boxes: the boxes were made from masks and are tight already; the projection term uses them")
         return False
+    if config.live_teacher:
+        log.warning("--tight-boxes needs the teacher's per-box masks of a cache; with --live-teacher the projection "
+                    "term uses the boxes as given")
+        return False
     return True
 
 
@@ -121,6 +125,7 @@ def prepare_data(config: MedDistillConfig, session: RunSession, grid_for, teache
     """Read the split's images and targets; ``grid_for(info)`` gives the student feature grid."""
     train_entries, val_entries, source = _entries(config)
     pre = config.preprocess()
+    tighten = tighten_projection_boxes(config, source)
     if config.live_teacher:
         from medistill.teachers.registry import build_teacher
 
@@ -138,7 +143,6 @@ def prepare_data(config: MedDistillConfig, session: RunSession, grid_for, teache
         raise MedistillError(f"{path}: --co-learn needs LiteMedSAM's cached (64, 64, 256) embeddings, the cache "
                              f"has {'no features' if info is None else info.shape}; build it with --teacher litemedsam")
     grid = grid_for(info)
-    tighten = tighten_projection_boxes(config, source)
     train = md.load_from_cache(path, config.image_dir, train_entries, pre, grid=grid, co_learn=config.co_learn,
                                tighten=tighten)
     if tighten:
