@@ -282,6 +282,7 @@ def run_benchmark(args: argparse.Namespace, work: Path, plan: Plan, datasets: li
         root = work / name
         t0 = time.perf_counter()
         prepared = prepare_dataset(name, root, plan, args)
+        progress.done(f"{name}/prepare", time.perf_counter() - t0)
         if name in args.train_detector:
             t0 = time.perf_counter()
             train_detector_boxes(name, root, plan.phantom_size)
@@ -289,7 +290,6 @@ def run_benchmark(args: argparse.Namespace, work: Path, plan: Plan, datasets: li
         if name in detectors:
             detector_boxes(name, root, detectors[name])
         results["descriptions"][name] = prepared["description"]
-        progress.done(f"{name}/prepare", time.perf_counter() - t0)
         print(f"{name}: {prepared['description']}", flush=True)
         if args.prepare_only:
             continue

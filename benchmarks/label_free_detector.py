@@ -46,32 +46,44 @@ def _run(arguments: list[str], log: Path) -> None:
 
 
 def _detector(labelled: Path, out: Path, name: str, seed: int, log: Path) -> tuple[Path, float]:
-    """Train a detector on ``labelled`` (images/ + masks/); its weights and chosen threshold."""
-    imgsz, epochs = DETECTOR_SETTINGS[name]
-    weights, conf_file = out / "run" / "weights" / "best.pt", out / "conf.txt"
-    if not conf_file.is_file():
-        from label_free_data import MIN_AREA
+    """Train a detector on ``labelled`` (images/ + masks/); its weights and chosen threshold.
 
-        py = sys.executable
+    Each step is skipped once its output is complete (the YOLO set's ``yolodata.json`` and the
+    run's record are written last); a killed training resumes from its ``last.pt``."""
+    from label_free_data import MIN_AREA
+    from medistill.boxes.detector import RUN_RECORD
+
+    imgsz, epochs = DETECTOR_SETTINGS[name]
+    py = sys.executable
+    yolo, run, conf_file = out / "yolo", out / "run", out / "conf.txt"
+    weights = run / "weights" / "best.pt"
+    if not (yolo / "yolodata.json").is_file():
         _run([py, "Creat_yolodata.py", "--image_dir", str(labelled / "images"), "--mask_dir", str(labelled / "masks"),
-              "--out", str(out / "yolo"), "--split", "0.8", "0.2", "0", "--seed", str(seed), "--class-names", "target",
+              "--out", str(yolo), "--split", "0.8", "0.2", "0", "--seed", str(seed), "--class-names", "target",
               "--min-area", str(MIN_AREA[name]), "--group-pattern", "^(.+)$", "--overwrite"], log)
-        _run([py, "detection.py", "train", "--data", str(out / "yolo" / "data.yaml"), "--model", "yolo11n.yaml",
+    if not (run / RUN_RECORD).is_file():
+        _run([py, "detection.py", "train", "--data", str(yolo / "data.yaml"), "--model", "yolo11n.yaml",
               "--imgsz", str(imgsz), "--epochs", str(epochs), "--batch", "8", "--seed", str(seed),
-              "--out", str(out / "run"), "--overwrite"], log)
-        _run([py, "detection.py", "predict", "--weights", str(weights), "--image_dir",
-              str(out / "yolo" / "images" / "val"), "--conf", "0.05", "--out", str(out / "val_boxes.json")], log)
-        _run([py, "-m", "medistill", "report", "conf", "--boxes", str(out / "val_boxes.json"), "--mask_dir",
+              "--out", str(run)], log)
+    val_boxes = _predict(weights, 0.05, yolo / "images" / "val", out / "val_boxes.json", log)
+    if not conf_file.is_file():
+        _run([py, "-m", "medistill", "report", "conf", "--boxes", str(val_boxes), "--mask_dir",
               str(labelled / "masks"), "--min-area", str(MIN_AREA[name]), "--accept-weak-detector",
               "--out", str(conf_file)], log)
     return weights, float(conf_file.read_text().strip())
 
 
 def _predict(weights: Path, conf: float, images: Path, out: Path, log: Path) -> Path:
-    if not out.is_file():
+    if not out.is_file():  # detection.py writes the boxes file atomically
         _run([sys.executable, "detection.py", "predict", "--weights", str(weights), "--image_dir", str(images),
               "--conf", str(conf), "--out", str(out)], log)
     return out
+
+
+def _labelled_copy(source: Path, stems: list[str], target: Path) -> None:
+    """Copy image/mask pairs unless a complete copy is there (masks are copied after images)."""
+    if len(list((target / "masks").glob("*.png"))) != len(stems):
+        copy_pairs(source, stems, target)
 
 
 def _merge(parts: list[Path], out: Path) -> None:
@@ -94,8 +106,8 @@ def train_detector_boxes(name: str, root: Path, phantom_size: int, seed: int = 0
         from medistill.data.phantoms import generate_phantoms
 
         labelled = folder / "labelled"
-        if not (labelled / "masks").is_dir():
-            n, phantom_seed = PHANTOM_LABELLED
+        n, phantom_seed = PHANTOM_LABELLED
+        if len(list((labelled / "masks").glob("*.png"))) != n:
             generate_phantoms(labelled, n, size=phantom_size, seed=phantom_seed, overwrite=True)
         weights, conf = _detector(labelled, folder / "all", name, seed, log)
         _predict(weights, conf, root / "distill" / "images", boxes / "distill.json", log)
@@ -105,13 +117,19 @@ def train_detector_boxes(name: str, root: Path, phantom_size: int, seed: int = 0
         parts = []
         for k, (train, other) in enumerate([(halves[0], halves[1]), (halves[1], halves[0])]):
             fold = folder / f"fold{k}"
-            if not (fold / "labelled" / "masks").is_dir():
-                copy_pairs(root / "distill", train, fold / "labelled")
-                copy_pairs(root / "distill", other, fold / "unseen")
+            _labelled_copy(root / "distill", train, fold / "labelled")
+            _labelled_copy(root / "distill", other, fold / "unseen")
             weights, conf = _detector(fold / "labelled", fold, name, seed, log)
             parts.append(_predict(weights, conf, fold / "unseen" / "images", fold / "unseen_boxes.json", log))
-        _merge(parts, boxes / "distill.partial.json")
-        os.replace(boxes / "distill.partial.json", boxes / "distill.json")
+        _merge(parts, boxes / "distill.json")
         weights, conf = _detector(root / "distill", folder / "all", name, seed, log)
     _predict(weights, conf, root / "test" / "images", boxes / "test.json", log)
     return boxes
+
+
+# What the section notes say of these boxes.
+DESCRIPTION = (f"YOLO11n from scratch, trained by `label_free_detector.py` on labelled images it never boxes: "
+               f"for phantoms {PHANTOM_LABELLED[0]} other phantoms (generator seed {PHANTOM_LABELLED[1]}); for the "
+               "other sets the distillation images in two halves, each half boxed by the detector trained on the "
+               "other half's masks, the test images by one trained on all of them. Threshold: best box F1 on each "
+               "detector's validation fifth")

@@ -215,11 +215,9 @@ def section_notes(results: dict, rows: list[Row], seeds: Sequence[int], plan: Pl
         lines += ["", "Detector boxes: none given (`--detector-boxes SET=DIR` or `--train-detector SET`), so every "
                   "row uses ground-truth boxes."]
     elif trained:
-        lines += ["", f"Detector boxes of {', '.join(trained)}: YOLO11n from scratch, trained by this script "
-                  "(`label_free_detector.py`) on labelled images it never boxes: for phantoms 100 other phantoms "
-                  "(generator seed 5); for the other sets the distillation images in two halves, each half boxed by "
-                  "the detector trained on the other half's masks, the test images by one trained on all of them. "
-                  "Threshold: best box F1 on each detector's validation fifth. Commands and output: "
+        from label_free_detector import DESCRIPTION
+
+        lines += ["", f"Detector boxes of {', '.join(trained)}: {DESCRIPTION}. Commands and output: "
                   "`WORK/SET/detector/detector.log`."]
     students = results.get("students") or {}
     if students:

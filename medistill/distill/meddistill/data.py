@@ -157,9 +157,10 @@ def assemble(entries: Sequence[ImageBoxes], image_dir: str | Path, pre: Preproce
             raw.append(image)
             raw_boxes.append(np.array([b.xyxy for b in entry.boxes], np.float32).reshape(-1, 4))
         found = targets(i, image)
-        if tighten and found is not None and found.masks is not None and len(found.masks) == len(xyxy):
-            xyxy = tighten_boxes(xyxy, found.masks)[0]
-        proj_rasters.append(rasterise_boxes(xyxy, geometry.scale, pre.size))
+        if tighten:
+            if found is not None and found.masks is not None and len(found.masks) == len(xyxy):
+                xyxy = tighten_boxes(xyxy, found.masks)[0]
+            proj_rasters.append(rasterise_boxes(xyxy, geometry.scale, pre.size))
         if found is None:
             continue
         soft.append(soft_mask_to_frame(found.fused, geometry, pre.size))
