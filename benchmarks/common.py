@@ -143,6 +143,20 @@ def cpu_model() -> str:
     return match.group(1).strip() if match else (platform.processor() or "unknown")
 
 
+def cpu_features() -> str:
+    """The CPU's vector and matrix instruction sets that decide low-precision speed, e.g.
+    ``AVX2, AVX-512, AVX-512 BF16, AVX-512 VNNI`` (``"unknown"`` off Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "unknown"
+    match = re.search(r"^flags\s*:\s*(.+)$", text, flags=re.MULTILINE)
+    flags = set(match.group(1).split()) if match else set()
+    names = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX-512 BF16",
+             "avx512_vnni": "AVX-512 VNNI", "amx_bf16": "AMX BF16", "amx_int8": "AMX INT8"}
+    return ", ".join(name for flag, name in names.items() if flag in flags) or "no AVX2"
+
+
 def load_average() -> float:
     """The 1-minute load average (what ``uptime`` shows first)."""
     try:
@@ -158,7 +172,7 @@ def machine_description() -> str:
 
     gpus = tf.config.list_physical_devices("GPU")
     accelerator = f"{len(gpus)} GPU(s)" if gpus else "no GPU"
-    return (f"{os.cpu_count()} CPU cores ({cpu_model()}), {accelerator}, "
+    return (f"{os.cpu_count()} CPU cores ({cpu_model()}; {cpu_features()}), {accelerator}, "
             f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
             f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
 

@@ -15,7 +15,12 @@ Example:
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from medistill.errors import MedistillError
+
+LOG = logging.getLogger("medistill")
 
 PRECISIONS = ("fp32", "bf16")
 LOWER_PRECISION_BACKENDS = ("openvino",)
@@ -45,3 +50,19 @@ def openvino_cpu_config(precision: str = "fp32", threads: int | None = None) -> 
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     return config
+
+
+def compile_openvino(path: str, precision: str = "fp32", threads: int | None = None) -> Any:
+    """``path`` (an OpenVINO IR ``.xml``) compiled for the CPU with :func:`openvino_cpu_config`.
+
+    A CPU without bf16 units (no AVX-512 BF16 or AMX) computes in fp32 whatever is asked;
+    then ``bf16`` is said in a warning instead of being silently ignored.
+    """
+    import openvino
+
+    model = openvino.Core().compile_model(str(path), "CPU", openvino_cpu_config(precision, threads))
+    computed = model.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    if precision == "bf16" and computed != "bf16":
+        LOG.warning("OpenVINO: this CPU has no bf16 units; %s runs in %s (the same masks as fp32, "
+                    "no faster)", path, computed)
+    return model

@@ -26,7 +26,7 @@ import numpy as np
 
 from medistill.errors import CheckpointError
 from medistill.export import ModelCard, Predictor, load_predictor, read_card
-from medistill.runtimes import check_precision, openvino_cpu_config
+from medistill.runtimes import check_precision, compile_openvino
 
 log = logging.getLogger("medistill.predict")
 
@@ -139,9 +139,7 @@ class _OnnxRuntime:
 
 class _OpenVino:
     def __init__(self, path: Path, precision: str = "fp32") -> None:
-        import openvino
-
-        self._model = openvino.Core().compile_model(str(path), "CPU", openvino_cpu_config(precision))
+        self._model = compile_openvino(str(path), precision)
         shape = self._model.inputs[0].get_partial_shape()
         self.input_shape = tuple(d.get_length() if d.is_static else None for d in shape)
         self._output = self._model.output(0)

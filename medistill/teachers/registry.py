@@ -130,10 +130,15 @@ def build_teacher(spec: str, runtime: TeacherRuntime | None = None) -> Teacher:
 
 
 def resolved_backend(backend: str) -> str:
-    """The backend LiteMedSAM runs on for ``--teacher-backend backend`` (``auto``: the default one)."""
+    """The backend LiteMedSAM runs on for ``--teacher-backend backend`` (``auto``: the default one,
+    or Keras where the default one's runtime is not installed)."""
+    import importlib.util
+
     from medistill.teachers.litemedsam.backends import DEFAULT_BACKEND
 
-    return DEFAULT_BACKEND if backend == "auto" else backend
+    if backend != "auto":
+        return backend
+    return DEFAULT_BACKEND if importlib.util.find_spec(DEFAULT_BACKEND) is not None else "keras"
 
 
 def _litemedsam(argument: str | None, runtime: TeacherRuntime) -> Teacher:

@@ -139,12 +139,15 @@ def _cpu_has_bf16() -> bool:
     return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def test_openvino_in_bf16_computes_in_bf16_and_keeps_the_masks_within_tolerance(exported_run, nuclei_tiles):
+def test_openvino_in_bf16_computes_in_bf16_and_keeps_the_masks_within_tolerance(exported_run, nuclei_tiles,
+                                                                                  caplog):
     images = [t.image[..., None].astype(np.float32) for t in nuclei_tiles[-8:]]
     keras_probs = predict_probabilities(load_predictor(exported_run), images, batch=3)
-    runtime = open_predictor(exported_run, "openvino", "bf16")
+    with caplog.at_level(logging.WARNING, logger="medistill"):
+        runtime = open_predictor(exported_run, "openvino", "bf16")
     hint = runtime._forward._model.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     assert hint == ("bf16" if _cpu_has_bf16() else "f32"), hint  # the option reached the compiled model
+    assert ("no bf16 units" in caplog.text) == (not _cpu_has_bf16())  # a CPU without them is said, not hidden
     fp32 = open_predictor(exported_run, "openvino")._forward._model
     assert fp32.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
     probs = predict_probabilities(runtime, images, batch=3)

@@ -152,6 +152,17 @@ def test_runtime_options_are_checked():
     assert build_teacher("grabcut", TeacherRuntime(backend="keras")).name == "grabcut"
 
 
+def test_auto_is_openvino_where_it_is_installed_and_keras_where_not(monkeypatch):
+    from medistill.teachers import registry
+
+    assert registry.resolved_backend("auto") == "openvino"
+    assert registry.resolved_backend("keras") == "keras"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    assert registry.resolved_backend("auto") == "keras"
+    assert registry.resolved_backend("openvino") == "openvino"  # asked for by name: its own clear error later
+
+
 def test_a_folder_medistill_did_not_export_is_kept(tmp_path, monkeypatch):
     """ensure_export replaces only its own stale exports; a foreign folder in the way is moved aside, kept."""
     from medistill.teachers.litemedsam import backends

@@ -40,13 +40,15 @@ import numpy as np
 
 from medistill.errors import MedistillError
 from medistill.fileio import file_sha256
-from medistill.runtimes import check_precision, openvino_cpu_config
+from medistill.runtimes import check_precision, compile_openvino
 
 LOG = logging.getLogger("medistill.teachers")
 BACKENDS = ("keras", "onnxruntime", "openvino")
-# The backend ``--teacher-backend auto`` picks, and images per encoder call for each: set
-# from benchmarks/bench_teachers.py on this project's machines (see benchmarks/RESULTS.md).
-DEFAULT_BACKEND = "keras"
+# The backend ``--teacher-backend auto`` picks (Keras where OpenVINO is not installed), and
+# images per encoder call for each: set from benchmarks/bench_teachers.py on this project's
+# machines (benchmarks/RESULTS.md, "Teacher backends": on the AVX2-only 2-core EPYC, OpenVINO
+# fp32 ran the encoder 2.1x and the decoder 1.8x faster than Keras, with the same masks).
+DEFAULT_BACKEND = "openvino"
 DEFAULT_ENCODE_BATCH = {"keras": 1, "onnxruntime": 1, "openvino": 1}
 EXPORT_FORMAT = "medistill.litemedsam_export"
 EXPORT_VERSION = 1
@@ -248,12 +250,8 @@ class OpenVinoRunner:
     """The OpenVINO export on the CPU plugin at the requested inference precision."""
 
     def __init__(self, folder: Path, precision: str = "fp32", threads: int | None = None) -> None:
-        import openvino as ov
-
-        core = ov.Core()
-        config = openvino_cpu_config(precision, threads)
-        self._encoder = core.compile_model(str(folder / "encoder.xml"), "CPU", config)
-        self._decoder = core.compile_model(str(folder / "decoder.xml"), "CPU", config)
+        self._encoder = compile_openvino(str(folder / "encoder.xml"), precision, threads)
+        self._decoder = compile_openvino(str(folder / "decoder.xml"), precision, threads)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self._encoder(np.asarray(x, np.float32))[0], np.float32)
