@@ -32,8 +32,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("where the teacher runs (litemedsam)")
     group.add_argument("--teacher-backend", default="auto", choices=("auto", "keras", "onnxruntime", "openvino"),
                        help="keras (TensorFlow), onnxruntime or openvino (LiteMedSAM exported once next to its "
-                       "converted weights, then reused); auto: the fastest that passed the parity tests on this "
-                       "project's machines (README, Teacher backends)")
+                       "converted weights, then reused); auto: openvino (keras where OpenVINO is not installed), "
+                       "the fastest with the same masks on this project's machines (README, Teacher backends)")
     group.add_argument("--teacher-precision", default="fp32", choices=PRECISIONS,
                        help="bf16 only with --teacher-backend openvino (masks within the documented tolerance)")
     group.add_argument("--teacher-batch", type=int,
