@@ -24,7 +24,7 @@ from pathlib import Path
 import common  # noqa: F401  (sets the TensorFlow environment before it is imported)
 import numpy as np
 from bench_teachers import dice, truth_boxes
-from common import argument_parser, load_average, machine_description, markdown_table, publish
+from common import argument_parser, load_average, markdown_table, publish
 
 from medistill.data.sources import read_nuclei
 from medistill.runtimes import compile_openvino
@@ -107,7 +107,7 @@ def main() -> None:
             median = statistics.median(seconds[name])
             rows.append([name, f"{median:.3f}", f"{base / median:.2f}×", f"{error:.4f}",
                          f"{100 * agree:.3f} %", f"{np.mean(scores):.4f}"])
-    body = (f"Machine: {machine_description()}. Load {load_before:.2f} → {load_after:.2f}.\n"
+    body = (f"Load {load_before:.2f} → {load_after:.2f}. "
             f"{len(calibration_tiles)} calibration tiles, {len(eval_tiles)} other tiles for the figures "
             f"(nuclei, 128 px → 256); {args.rounds} interleaved rounds, medians; decoder fp32 in every row.\n\n"
             + markdown_table(["encoder", "s/image", "vs Keras", "embedding rel. error", "mask pixels = Keras",
